@@ -1,0 +1,37 @@
+# GenGuard. `make setup`, then `make test`; `make export WEIGHTS=random` works offline.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+BUILD ?= build
+# real: each spec's checkpoint (hub id, or CHECKPOINTS="name=/path ..."); random: offline test weights
+WEIGHTS ?= real
+CHECKPOINTS ?=
+DETECTORS ?=
+TARGET ?= cpu
+
+EXPORT_ARGS = --weights $(WEIGHTS) --build $(BUILD) $(if $(DETECTORS),--detectors $(DETECTORS)) \
+	$(foreach c,$(CHECKPOINTS),--checkpoint $(c))
+
+.PHONY: setup test export clean
+
+# Dependencies are reinstalled only when pyproject.toml changes; the editable install of this
+# checkout is refreshed every time (a cached venv may have been made from another clone).
+setup:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@want=$$(sha256sum pyproject.toml | cut -c1-16); \
+	if [ "$$(cat $(VENV)/.genguard-deps 2>/dev/null)" != "$$want" ]; then \
+		$(BIN)/pip install --disable-pip-version-check -e '.[export,server,test]' && echo $$want > $(VENV)/.genguard-deps; \
+	else \
+		$(BIN)/pip install --disable-pip-version-check -q --no-deps -e . ; \
+	fi
+	@echo "venv ready: $(VENV)"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+export: setup
+	$(BIN)/python -m genguard.export $(EXPORT_ARGS)
+
+clean:
+	rm -rf $(BUILD)

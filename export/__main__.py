@@ -1,0 +1,101 @@
+"""python -m genguard.export: checkpoints -> build/onnx/<detector>/{model.onnx,parity.json}.
+
+  --weights real     load each spec's checkpoint (hub id, or --checkpoint NAME=PATH); optional
+                     detectors (hive_effb4) only when a checkpoint is given.
+  --weights random   build each real architecture with random weights into build/checkpoints/<name>/,
+                     in its native format, then export it through the same loaders. Loudly marked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from genguard import specs
+from genguard.export.checkpoints import RANDOM_WARNING, CheckpointMismatch, write_random_checkpoint
+from genguard.export.onnx_export import export_detector
+
+
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not rest:
+            raise SystemExit(f"--{what} expects NAME=VALUE, got {value!r}")
+        specs.get(name)  # unknown names fail here, with the list of known ones
+        pairs[name] = rest
+    return pairs
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m genguard.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", choices=("real", "random"), default="real")
+    parser.add_argument("--build", type=Path, default=Path("build"), help="build directory (default: build)")
+    parser.add_argument("--detectors", default="", help="comma-separated subset (default: all that apply)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH_OR_HUB_ID",
+                        help="checkpoint for one detector (repeatable)")
+    parser.add_argument("--labels", action="append", default=[], metavar="NAME=HEAD:L0,L1,...",
+                        help="reorder a head's labels, e.g. sumsub_sd=sd:stable_diffusion,real")
+    parser.add_argument("--tiny", action="store_true", help="random weights, reduced depth (tests)")
+    return parser.parse_args(argv)
+
+
+def selected_specs(args) -> list[specs.DetectorSpec]:
+    checkpoints = _pairs(args.checkpoint, "checkpoint")
+    chosen = [specs.get(n) for n in args.detectors.split(",") if n] or list(specs.DETECTORS.values())
+    if not args.detectors and args.weights == "real":
+        chosen = [s for s in chosen if not s.optional or s.name in checkpoints]
+    for name, value in _pairs(args.labels, "labels").items():
+        head, _, labels = value.partition(":")
+        i = next(i for i, s in enumerate(chosen) if s.name == name)
+        chosen[i] = specs.with_labels(chosen[i], head, tuple(labels.split(",")))
+    return chosen
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    checkpoints = _pairs(args.checkpoint, "checkpoint")
+    results, failed = [], []
+    if args.weights == "random":
+        print("\n" + "!" * 100 + "\n" + RANDOM_WARNING.format(name="every detector") + "\n" + "!" * 100 + "\n",
+              file=sys.stderr)
+    for spec in selected_specs(args):
+        if args.weights == "random":
+            source = write_random_checkpoint(spec, args.build / "checkpoints" / spec.name, tiny=args.tiny)
+        else:
+            source = checkpoints.get(spec.name, spec.source)
+        print(f"==> {spec.name}: {source}", file=sys.stderr, flush=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", category=UserWarning)  # the random marker is already loud
+                results.append(export_detector(spec, source, args.build / "onnx"))
+        except (CheckpointMismatch, RuntimeError, OSError) as exc:
+            print(f"FAILED {spec.name}: {exc}", file=sys.stderr)
+            failed.append(spec.name)
+    print_table(results)
+    if failed:
+        print(f"\nexport failed for: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_table(results: list[dict]) -> None:
+    header = (f"{'detector':<18} {'weights':<7} {'|dlogit| onnx':>13} {'|dprob| onnx':>12} "
+              f"{'|dpix| ref':>10} {'|dprob| ref':>11} {'top1':>5} {'tol':>7} {'ok':>3} {'s':>6}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for r in results:
+        o, ref = r["onnx_vs_pytorch"], r["reference"]
+        print(f"{r['detector']:<18} {r['weights']:<7} {o['max_abs_logit']:>13.2e} {o['max_abs_prob']:>12.2e} "
+              f"{ref['preprocess_max_abs']:>10.2e} {ref['max_abs_prob']:>11.2e} {ref['top1_agreement']:>5.2f} "
+              f"{r['tolerance']['max_abs_prob']:>7.0e} {'yes' if r['passed'] else 'NO':>3} {r['seconds']:>6.1f}")
+    print("onnx: ORT vs PyTorch on the same tensors (batches 1 and 4); ref: the card's pipeline vs "
+          "GenGuard's on the sample images\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Checkpoint -> ONNX, validated against PyTorch and against the seed's reference pipeline.
+
+export_detector() is the whole flow for one spec; the CLI (python -m genguard.export) loops over specs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genguard import onnx_runtime
+from genguard.export import samples
+from genguard.export.checkpoints import HeadsModule, is_random, load
+from genguard.export.reference import ReferencePipeline, open_rgb
+from genguard.preprocess import preprocess_bytes
+from genguard.scores import head_probs
+from genguard.specs import DetectorSpec
+
+log = logging.getLogger("genguard.export")
+
+OPSET = 18
+INPUT_NAME = "pixels"
+VALIDATION_BATCHES = (1, 4)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_onnx(module: HeadsModule, path: Path, *, metadata: dict, opset: int = OPSET) -> Path:
+    """Trace `module` with the dynamo exporter: one input `pixels` [batch, 3, H, W], one output per head.
+
+    Trace with batch 2: torch.export specialises dimensions of size 0 and 1, which would freeze the batch.
+    All weights stay inside the file (external_data=False): every detector is under protobuf's 2 GB.
+    """
+    import onnx
+
+    spec = module.spec
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.randn(2, *spec.input.shape)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[head.name for head in spec.heads],
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+            verbose=False,
+        )
+    model = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = f"genguard.{key}", json.dumps(value)
+    onnx.checker.check_model(model, full_check=True)
+    batch_dims = [model.graph.input[0].type.tensor_type.shape.dim[0]] + [
+        out.type.tensor_type.shape.dim[0] for out in model.graph.output
+    ]
+    if any(dim.dim_param == "" for dim in batch_dims):
+        raise RuntimeError(f"{spec.name}: exported ONNX has a static batch axis")
+    onnx.save(model, str(path))
+    return path
+
+
+def _max_abs(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return float(max(np.abs(x - y).max() for x, y in zip(a, b)))
+
+
+def _top1(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return float(np.mean([np.mean(x.argmax(1) == y.argmax(1)) for x, y in zip(a, b)]))
+
+
+def validate(spec: DetectorSpec, module: HeadsModule, onnx_path: Path, images: dict[str, bytes]) -> dict:
+    """Figures for parity.json.
+
+    onnx_vs_pytorch: the same preprocessed tensors through PyTorch and ONNX Runtime, in batches of 1 and 4.
+    reference:       the seed's whole reference pipeline (card preprocessing + PyTorch) on each image vs
+                     GenGuard's (Pillow/numpy preprocessing + ONNX Runtime): what a user would see.
+    """
+    session = onnx_runtime.session(onnx_path)
+    names = list(images)
+    ours = np.stack([preprocess_bytes(images[n], {"x": spec.input})[1]["x"] for n in names])
+    reference = ReferencePipeline(spec, module, module_source(module))
+    ref_pixels = reference.tensors([open_rgb(images[n]) for n in names])
+
+    figures = {}
+    # ONNX vs PyTorch on identical tensors, in each validation batch size
+    torch_logits, ort_logits = [], []
+    for size in VALIDATION_BATCHES:
+        batch = ref_pixels[:size]
+        torch_logits.append(reference.logits(batch))
+        ort_logits.append(session.run(None, {INPUT_NAME: batch.numpy()}))
+    flat = lambda runs: [np.concatenate([run[h] for run in runs]) for h in range(len(spec.heads))]  # noqa: E731
+    t_logits, o_logits = flat(torch_logits), flat(ort_logits)
+    t_probs = [head_probs(h, x) for h, x in zip(spec.heads, t_logits)]
+    o_probs = [head_probs(h, x) for h, x in zip(spec.heads, o_logits)]
+    figures["onnx_vs_pytorch"] = {
+        "batches": list(VALIDATION_BATCHES),
+        "max_abs_logit": _max_abs(t_logits, o_logits),
+        "max_abs_prob": _max_abs(t_probs, o_probs),
+        "top1_agreement": _top1(t_probs, o_probs),
+    }
+
+    # the whole pipeline: reference (card) vs GenGuard, image by image in batches of 4
+    ref_probs, our_probs = [], []
+    for start in range(0, len(names), 4):
+        ref_logits = reference.logits(ref_pixels[start : start + 4])
+        our_logits = session.run(None, {INPUT_NAME: ours[start : start + 4]})
+        ref_probs.append([head_probs(h, x) for h, x in zip(spec.heads, ref_logits)])
+        our_probs.append([head_probs(h, x) for h, x in zip(spec.heads, our_logits)])
+    r = [np.concatenate([b[h] for b in ref_probs]) for h in range(len(spec.heads))]
+    o = [np.concatenate([b[h] for b in our_probs]) for h in range(len(spec.heads))]
+    per_image = np.max([np.abs(x - y).max(axis=1) for x, y in zip(r, o)], axis=0)
+    figures["reference"] = {
+        "images": len(names),
+        "preprocess_max_abs": float(np.abs(ref_pixels.numpy() - ours).max()),
+        "max_abs_prob": float(per_image.max()),
+        "worst_image": names[int(per_image.argmax())],
+        "top1_agreement": _top1(r, o),
+    }
+    return figures
+
+
+def module_source(module: HeadsModule) -> str | None:
+    return getattr(module, "source", None)
+
+
+def export_detector(
+    spec: DetectorSpec,
+    source: str | Path | None,
+    out_dir: Path,
+    *,
+    images: dict[str, bytes] | None = None,
+) -> dict:
+    """Load spec's checkpoint from `source`, export build/onnx/<name>/model.onnx, validate, write parity.json.
+
+    Raises RuntimeError when the export is outside the spec's tolerance (the files stay for inspection).
+    """
+    started = time.perf_counter()
+    module = load(spec, source)
+    module.source = str(source)
+    weights = "random" if is_random(source) else "real"
+    onnx_path = out_dir / spec.name / "model.onnx"
+    export_onnx(
+        module,
+        onnx_path,
+        metadata={
+            "detector": spec.name,
+            "weights": weights,
+            "checkpoint": str(source),
+            "heads": {h.name: list(h.labels) for h in spec.heads},
+            "input": spec.input.name,
+        },
+    )
+    figures = validate(spec, module, onnx_path, images or samples.all_images())
+    worst = max(figures["onnx_vs_pytorch"]["max_abs_prob"], figures["reference"]["max_abs_prob"])
+    parity = {
+        "detector": spec.name,
+        "weights": weights,
+        "checkpoint": str(source),
+        "onnx": str(onnx_path),
+        "onnx_sha256": sha256(onnx_path),
+        "opset": OPSET,
+        "tolerance": {"max_abs_prob": spec.prob_atol},
+        **figures,
+        "passed": worst <= spec.prob_atol,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (onnx_path.parent / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+    if not parity["passed"]:
+        raise RuntimeError(
+            f"{spec.name}: export outside tolerance: max |dprob| {worst:.3g} > {spec.prob_atol} "
+            f"(see {onnx_path.parent / 'parity.json'})"
+        )
+    return parity

@@ -1,0 +1,33 @@
+"""ONNX Runtime sessions as GenGuard runs them (in-process benchmarks, export checks, the CPU server)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+           "all": "ORT_ENABLE_ALL"}
+
+
+def session(path, *, threads: int | None = None, optimization: str = "all", inter_op_threads: int = 1):
+    """A CPU InferenceSession. threads=None: ORT's default (one per physical core)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[optimization])
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = inter_op_threads
+    return ort.InferenceSession(os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def metadata(path) -> dict[str, str]:
+    """The genguard.* metadata the exporter wrote into the model (weights provenance, detector)."""
+    import onnx
+
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def decode_metadata(props: dict[str, str]) -> dict:
+    return {k.removeprefix("genguard."): json.loads(v) for k, v in props.items() if k.startswith("genguard.")}

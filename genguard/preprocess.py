@@ -1,0 +1,174 @@
+"""Preprocessing compiled from the InputSpecs: Pillow + numpy, bit-exact with the references.
+
+Used in-process (export validation, benchmarks) and by the Triton `preprocess` model. Every refusal
+raises ImageRejected with a reason code and one readable sentence, so one bad image fails alone.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from genguard.specs import InputSpec
+
+_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+# transformers' SiglipImageProcessor rescale_factor as its config stores it (1/255 in float64).
+_TRANSFORMERS_RESCALE = 1 / 255
+
+
+class ImageRejected(ValueError):
+    """An input that can't be answered. `reason` is a stable code, str(self) a sentence."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What the server accepts. Pixels are checked from the header, before any decoding."""
+
+    max_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = 50_000_000  # Pillow's own bomb limit is ~89 Mpx (warn) / 178 Mpx (error)
+    formats: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+
+
+@dataclass
+class DecodedImage:
+    image: Image.Image
+    format: str
+    width: int
+    height: int
+
+
+def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
+    """Open and fully decode the first frame of an encoded image, or raise ImageRejected.
+
+    Trailing zero bytes are allowed: a batched request pads every image to the longest one.
+    """
+    if len(data) == 0 or not data.rstrip(b"\0"):
+        raise ImageRejected("empty", "empty input: no image bytes were sent")
+    if len(data) > limits.max_bytes:
+        raise ImageRejected(
+            "too_large", f"image is {len(data)} bytes, over the limit of {limits.max_bytes} bytes"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageRejected("not_an_image", "not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRejected("too_many_pixels", "image dimensions exceed the decompression-bomb limit") from None
+    except Exception as exc:  # Pillow raises many types for malformed headers
+        raise ImageRejected("corrupt", f"unreadable image header: {exc}") from None
+    if image.format not in limits.formats:
+        raise ImageRejected(
+            "unsupported_format",
+            f"format {image.format} is not accepted (accepted: {', '.join(limits.formats)})",
+        )
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageRejected("corrupt", f"image has no pixels ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise ImageRejected(
+            "too_many_pixels",
+            f"image is {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}",
+        )
+    try:
+        image.seek(0)  # first frame of animations (GIF, WebP, multi-page TIFF)
+        image.load()
+    except Exception as exc:
+        raise ImageRejected("corrupt", f"image data is corrupt or truncated: {exc}") from None
+    return DecodedImage(image=image, format=image.format, width=width, height=height)
+
+
+def _composite_on_white(image: Image.Image) -> Image.Image:
+    """transformers.image_transforms.convert_to_rgb: transparency (alpha band, or the colour Pillow
+    records in info["transparency"]) composited onto white."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def to_rgb(image: Image.Image, alpha: str, exif_transpose: bool = False) -> Image.Image:
+    """RGB the way the reference pipeline makes it (see InputSpec.alpha)."""
+    if exif_transpose:
+        image = ImageOps.exif_transpose(image)
+    if alpha == "white":
+        return _composite_on_white(image)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    if alpha == "drop_then_white":
+        # Pillow's P->RGB convert keeps the transparent colour in info, which transformers then whitens
+        return _composite_on_white(rgb)
+    return rgb
+
+
+def shorter_side_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """torchvision Resize(int): the shorter side becomes `shorter`, the longer one is truncated."""
+    if width <= height:
+        return shorter, int(shorter * height / width)
+    return int(shorter * width / height), shorter
+
+
+def center_crop_box(width: int, height: int, crop_w: int, crop_h: int) -> tuple[int, int]:
+    """torchvision CenterCrop's (left, top): Python round, i.e. half-to-even."""
+    return int(round((width - crop_w) / 2.0)), int(round((height - crop_h) / 2.0))
+
+
+def prepare(rgb: Image.Image, spec: InputSpec) -> np.ndarray:
+    """An RGB image -> the float32 CHW tensor the model takes."""
+    out_h, out_w = spec.size
+    resample = _FILTERS[spec.interpolation]
+    if spec.resize == "squash":
+        resized = rgb.resize((out_w, out_h), resample)
+        pixels = np.asarray(resized, dtype=np.uint8)
+    else:
+        # timm transforms_imagenet_eval, crop_mode="center": Resize(floor(size / crop_pct)), CenterCrop(size)
+        scale_h, scale_w = (math.floor(s / spec.crop_pct) for s in spec.size)
+        if scale_h == scale_w:
+            new_size = shorter_side_size(rgb.width, rgb.height, scale_h)
+        else:
+            new_size = (scale_w, scale_h)
+        resized = rgb.resize(new_size, resample)
+        left, top = center_crop_box(*resized.size, out_w, out_h)
+        pixels = np.asarray(resized, dtype=np.uint8)[top : top + out_h, left : left + out_w]
+    chw = pixels.transpose(2, 0, 1)
+    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
+    if spec.arithmetic == "transformers":
+        scaled = (chw.astype(np.float64) * _TRANSFORMERS_RESCALE).astype(np.float32)
+    else:
+        scaled = chw.astype(np.float32) / np.float32(255)
+    return np.ascontiguousarray((scaled - mean) / std, dtype=np.float32)
+
+
+def preprocess(decoded: DecodedImage, inputs: dict[str, InputSpec]) -> dict[str, np.ndarray]:
+    """One decoded image -> one tensor per input spec; RGB conversions shared between specs."""
+    rgb_cache: dict[tuple[str, bool], Image.Image] = {}
+    tensors = {}
+    for name, spec in inputs.items():
+        key = (spec.alpha, spec.exif_transpose)
+        if key not in rgb_cache:
+            rgb_cache[key] = to_rgb(decoded.image, *key)
+        tensors[name] = prepare(rgb_cache[key], spec)
+    return tensors
+
+
+def preprocess_bytes(
+    data: bytes, inputs: dict[str, InputSpec], limits: DecodeLimits = DecodeLimits()
+) -> tuple[DecodedImage, dict[str, np.ndarray]]:
+    decoded = decode(data, limits)
+    try:
+        return decoded, preprocess(decoded, inputs)
+    except ImageRejected:
+        raise
+    except Exception as exc:  # e.g. an exotic mode Pillow can't convert
+        raise ImageRejected("unconvertible", f"image could not be converted to RGB: {exc}") from None
