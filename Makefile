@@ -13,7 +13,7 @@ TARGET ?= cpu
 EXPORT_ARGS = --weights $(WEIGHTS) --build $(BUILD) $(if $(DETECTORS),--detectors $(DETECTORS)) \
 	$(foreach c,$(CHECKPOINTS),--checkpoint $(c))
 
-.PHONY: setup test export clean
+.PHONY: setup test export repository serve stop clean
 
 # Dependencies are reinstalled only when pyproject.toml changes; the editable install of this
 # checkout is refreshed every time (a cached venv may have been made from another clone).
@@ -32,6 +32,17 @@ test: setup
 
 export: setup
 	$(BIN)/python -m genguard.export $(EXPORT_ARGS)
+
+# Render the Triton model repository for TARGET from build/onnx (prints where).
+repository: setup
+	$(BIN)/python -m genguard.export.repository --target $(TARGET) --build $(BUILD)
+
+# Export if needed, render the cpu repository, start tritonserver on 127.0.0.1:8000/8001/8002, wait ready.
+serve: setup
+	$(BIN)/python -m genguard.server serve --weights $(WEIGHTS) --build $(BUILD) $(foreach c,$(CHECKPOINTS),--checkpoint $(c))
+
+stop:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m genguard.server stop --build $(BUILD); fi
 
 clean:
 	rm -rf $(BUILD)

@@ -57,7 +57,8 @@ def selected_specs(args) -> list[specs.DetectorSpec]:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("genguard").setLevel(logging.INFO)
     args = parse_args(argv)
     checkpoints = _pairs(args.checkpoint, "checkpoint")
     results, failed = [], []

@@ -9,8 +9,12 @@ _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended"
            "all": "ORT_ENABLE_ALL"}
 
 
-def session(path, *, threads: int | None = None, optimization: str = "all", inter_op_threads: int = 1):
-    """A CPU InferenceSession. threads=None: ORT's default (one per physical core)."""
+def session(path, *, threads: int | None = None, optimization: str = "all", inter_op_threads: int = 1,
+            spinning: bool = True):
+    """A CPU InferenceSession. threads=None: ORT's default (one per physical core).
+
+    spinning=False stops idle intra-op threads busy-waiting: right when several sessions share the cores.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -18,6 +22,8 @@ def session(path, *, threads: int | None = None, optimization: str = "all", inte
     if threads:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = inter_op_threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 

@@ -51,12 +51,12 @@ def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
 
     Trailing zero bytes are allowed: a batched request pads every image to the longest one.
     """
-    if len(data) == 0 or not data.rstrip(b"\0"):
+    # Padding doesn't count against the byte limit: a small image batched with a large one stays small.
+    size = len(data.rstrip(b"\0"))
+    if size == 0:
         raise ImageRejected("empty", "empty input: no image bytes were sent")
-    if len(data) > limits.max_bytes:
-        raise ImageRejected(
-            "too_large", f"image is {len(data)} bytes, over the limit of {limits.max_bytes} bytes"
-        )
+    if size > limits.max_bytes:
+        raise ImageRejected("too_large", f"image is {size} bytes, over the limit of {limits.max_bytes} bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,66 @@ def tiny_build(tmp_path_factory) -> Path:
 def checkpoint_path(build: Path, name: str) -> Path:
     """A random checkpoint's folder: every loader takes the folder (or the single weights file in it)."""
     return build / "checkpoints" / name
+
+
+def free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@dataclass
+class RunningServer:
+    ports: "object"
+    process: "object"
+    log: Path
+    repository: Path
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.ports.http}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.metrics}/metrics"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(build: Path, workdir: Path, **render_args) -> RunningServer:
+    """Render the cpu repository of `build` into `workdir` and start the real tritonserver on free ports."""
+    from genguard import server
+    from genguard.export.repository import render
+
+    repository = render("cpu", build, workdir / "repository", **render_args)
+    ports = server.Ports(*free_ports(3))
+    log = workdir / "tritonserver.log"
+    process = server.start(repository, workdir / "tritonserver", ports=ports, log_file=log)
+    try:
+        server.wait_ready(process, ports, timeout=180, log_file=log)
+    except RuntimeError:
+        server.stop_pid(process.pid)
+        raise
+    return RunningServer(ports, process, log, repository)
+
+
+@pytest.fixture(scope="session")
+def triton(tiny_build, tmp_path_factory) -> RunningServer:
+    """One real tritonserver for the whole test run, serving the tiny build's cpu repository."""
+    from genguard import server
+
+    running = start_server(tiny_build, tmp_path_factory.mktemp("triton"))
+    yield running
+    server.stop_pid(running.process.pid)

@@ -1,0 +1,247 @@
+"""Render a Triton model repository from the detector specs and the exported ONNX models.
+
+Configs are built as model_config_pb2 messages and written with protobuf text_format, so every field
+is checked by the schema. Layout (target cpu), under build/model_repository/cpu/ by default:
+
+  preprocess/   python backend: encoded images -> one tensor per distinct input spec + IMAGE_INFO
+  <detector>/   python backend running 1/model.onnx on ONNX Runtime (CPU), one per exported detector
+  postprocess/  python backend: head logits -> fused per-image answer (JSON + numeric tensors)
+  genguard/     the ensemble clients call: preprocess -> detectors (in parallel) -> postprocess
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from genguard import protocol, specs, triton_models
+from genguard.fusion import FusionConfig, nsfw_labels, source_names
+from genguard.preprocess import DecodeLimits
+from genguard.specs import DetectorSpec
+
+TARGETS = ("cpu",)
+DEFAULT_MAX_BATCH = 16
+
+
+class RepositoryError(RuntimeError):
+    """The build can't make a servable repository (missing or failed exports)."""
+
+
+@dataclass(frozen=True)
+class ExportedDetector:
+    spec: DetectorSpec  # with the label order the ONNX was exported with
+    onnx: Path
+    weights: str  # "real" | "random"
+    checkpoint: str
+
+
+def find_exports(build: Path, detectors: list[str] | None = None) -> list[ExportedDetector]:
+    """Exported detectors under build/onnx, in spec order. Every required detector must be there
+    (optional ones only if exported), each with a passing parity.json; otherwise RepositoryError."""
+    found, problems = [], []
+    names = detectors or [s.name for s in specs.DETECTORS.values()]
+    for name in names:
+        spec = specs.get(name)
+        folder = build / "onnx" / name
+        onnx_path, parity_path = folder / "model.onnx", folder / "parity.json"
+        if not onnx_path.is_file() or not parity_path.is_file():
+            if spec.optional and not detectors:
+                continue
+            problems.append(f"{name}: no export in {folder} (run: make export, or make export WEIGHTS=random)")
+            continue
+        parity = json.loads(parity_path.read_text())
+        if not parity.get("passed"):
+            problems.append(f"{name}: export failed its parity check ({parity_path})")
+            continue
+        meta = _onnx_metadata(onnx_path)
+        for head, labels in meta["heads"].items():
+            spec = specs.with_labels(spec, head, tuple(labels))
+        found.append(ExportedDetector(spec, onnx_path.resolve(), meta["weights"], meta["checkpoint"]))
+    if problems:
+        raise RepositoryError("cannot render the repository:\n  " + "\n  ".join(problems))
+    return found
+
+
+def _onnx_metadata(path: Path) -> dict:
+    from genguard import onnx_runtime
+
+    return onnx_runtime.decode_metadata(onnx_runtime.metadata(path))
+
+
+def _params(config: mc.ModelConfig, **values) -> None:
+    for key, value in values.items():
+        config.parameters[key].string_value = value if isinstance(value, str) else json.dumps(value)
+
+
+def _tensor(message, name: str, dtype: int, dims, label_filename: str | None = None):
+    entry = message.add(name=name, data_type=dtype, dims=list(dims))
+    if label_filename:
+        entry.label_filename = label_filename
+    return entry
+
+
+def preprocess_config(inputs: dict[str, specs.InputSpec], max_batch: int, limits: DecodeLimits,
+                      decode_threads: int = 0) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=protocol.PREPROCESS, backend="python", max_batch_size=max_batch)
+    _tensor(config.input, protocol.INPUT, mc.TYPE_UINT8, [-1])
+    for name, spec in inputs.items():
+        _tensor(config.output, protocol.pixels_tensor(name), mc.TYPE_FP32, spec.shape)
+    _tensor(config.output, protocol.IMAGE_INFO, mc.TYPE_STRING, [1])
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    _params(config, inputs=",".join(inputs), limits=dataclasses.asdict(limits), decode_threads=str(decode_threads))
+    return config
+
+
+def detector_config(det: ExportedDetector, max_batch: int, intra_op_threads: int = 0,
+                    optimization: str = "all") -> mc.ModelConfig:
+    spec = det.spec
+    config = mc.ModelConfig(name=spec.name, backend="python", max_batch_size=max_batch)
+    _tensor(config.input, protocol.DETECTOR_INPUT, mc.TYPE_FP32, spec.input.shape)
+    for head in spec.heads:
+        _tensor(config.output, head.name, mc.TYPE_FP32, [head.num_logits],
+                f"{head.name}_labels.txt" if head.activation == "softmax" else None)
+    config.dynamic_batching.max_queue_delay_microseconds = 2000
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    _params(config, detector=spec.name, onnx_file="model.onnx", weights=det.weights, checkpoint=det.checkpoint,
+            intra_op_threads=str(intra_op_threads), optimization=optimization)
+    return config
+
+
+def postprocess_config(dets: list[ExportedDetector], max_batch: int, fusion: FusionConfig) -> mc.ModelConfig:
+    detector_specs = [d.spec for d in dets]
+    config = mc.ModelConfig(name=protocol.POSTPROCESS, backend="python", max_batch_size=max_batch)
+    _tensor(config.input, protocol.IMAGE_INFO, mc.TYPE_STRING, [1])
+    for det in dets:
+        for head in det.spec.heads:
+            _tensor(config.input, protocol.head_tensor(det.spec.name, head.name), mc.TYPE_FP32, [head.num_logits])
+    for name, dtype, dims, labels in output_tensors(detector_specs):
+        _tensor(config.output, name, dtype, dims, labels)
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    _params(config,
+            detectors={d.spec.name: {h.name: list(h.labels) for h in d.spec.heads} for d in dets},
+            weights={d.spec.name: d.weights for d in dets},
+            fusion=fusion.to_json())
+    return config
+
+
+def output_tensors(detector_specs: list[DetectorSpec]):
+    """(name, type, dims, label file) of what postprocess and the ensemble return."""
+    outputs = [
+        (protocol.RESULT, mc.TYPE_STRING, [1], None),
+        (protocol.IS_AI_GENERATED, mc.TYPE_FP32, [1], None),
+        (protocol.POSSIBLE_SOURCES, mc.TYPE_FP32, [len(source_names(detector_specs))], "sources.txt"),
+        (protocol.STATUS, mc.TYPE_INT32, [1], None),
+    ]
+    if nsfw_labels(detector_specs):
+        outputs.append((protocol.NSFW_SCORES, mc.TYPE_FP32, [len(nsfw_labels(detector_specs))], "nsfw_levels.txt"))
+    return outputs
+
+
+def ensemble_config(dets: list[ExportedDetector], inputs: dict[str, specs.InputSpec], max_batch: int) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=protocol.ENSEMBLE, platform="ensemble", max_batch_size=max_batch)
+    _tensor(config.input, protocol.INPUT, mc.TYPE_UINT8, [-1])
+    outputs = output_tensors([d.spec for d in dets])
+    for name, dtype, dims, labels in outputs:
+        _tensor(config.output, name, dtype, dims, labels)
+    steps = config.ensemble_scheduling.step
+    pre = steps.add(model_name=protocol.PREPROCESS, model_version=-1)
+    pre.input_map[protocol.INPUT] = protocol.INPUT
+    for name in inputs:
+        pre.output_map[protocol.pixels_tensor(name)] = protocol.pixels_tensor(name)
+    pre.output_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
+    post = mc.ModelEnsembling.Step(model_name=protocol.POSTPROCESS, model_version=-1)
+    post.input_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
+    for det in dets:
+        step = steps.add(model_name=det.spec.name, model_version=-1)
+        step.input_map[protocol.DETECTOR_INPUT] = protocol.pixels_tensor(det.spec.input.name)
+        for head in det.spec.heads:
+            tensor = protocol.head_tensor(det.spec.name, head.name)
+            step.output_map[head.name] = tensor
+            post.input_map[tensor] = tensor
+    for name, *_ in outputs:
+        post.output_map[name] = name
+    steps.append(post)
+    return config
+
+
+def _write_model(root: Path, config: mc.ModelConfig, files: dict[str, str | Path] | None = None,
+                 model_py: str | None = None, onnx: Path | None = None, copy: bool = False) -> None:
+    folder = root / config.name
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    (folder / "config.pbtxt").write_text(text_format.MessageToString(config))
+    for name, text in (files or {}).items():
+        (folder / name).write_text(text)
+    if model_py:
+        shutil.copyfile(Path(triton_models.__file__).parent / f"{model_py}.py", folder / "1" / "model.py")
+    if onnx:
+        target = folder / "1" / "model.onnx"
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        if copy:
+            shutil.copyfile(onnx, target)
+        else:
+            os.symlink(onnx, target)
+
+
+def render(target: str, build: Path, out: Path | None = None, *, detectors: list[str] | None = None,
+           max_batch: int = DEFAULT_MAX_BATCH, fusion: FusionConfig = FusionConfig(),
+           limits: DecodeLimits = DecodeLimits(), copy: bool = False) -> Path:
+    """Render build/model_repository/<target>/ (or `out`) and return its path.
+
+    copy=True copies model.onnx files instead of symlinking them (for images and volumes).
+    """
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
+    dets = find_exports(build, detectors)
+    out = Path(out) if out else build / "model_repository" / target
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    inputs = specs.distinct_inputs([d.spec for d in dets])
+    detector_specs = [d.spec for d in dets]
+    _write_model(out, preprocess_config(inputs, max_batch, limits), model_py="preprocess")
+    for det in dets:
+        labels = {f"{h.name}_labels.txt": "\n".join(h.labels) + "\n" for h in det.spec.heads if h.activation == "softmax"}
+        _write_model(out, detector_config(det, max_batch), labels, model_py="detector", onnx=det.onnx, copy=copy)
+    post_files = {"sources.txt": "\n".join(source_names(detector_specs)) + "\n"}
+    if nsfw_labels(detector_specs):
+        post_files["nsfw_levels.txt"] = "\n".join(nsfw_labels(detector_specs)) + "\n"
+    _write_model(out, postprocess_config(dets, max_batch, fusion), post_files, model_py="postprocess")
+    _write_model(out, ensemble_config(dets, inputs, max_batch), post_files)
+    return out
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m genguard.export.repository", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="cpu", choices=TARGETS)
+    parser.add_argument("--build", type=Path, default=Path("build"))
+    parser.add_argument("--out", type=Path, default=None, help="default: BUILD/model_repository/TARGET")
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH)
+    parser.add_argument("--fusion", type=Path, default=None, help="JSON file of FusionConfig fields")
+    parser.add_argument("--copy", action="store_true", help="copy model.onnx files instead of symlinking")
+    args = parser.parse_args(argv)
+    fusion = FusionConfig.from_json(args.fusion.read_text()) if args.fusion else FusionConfig()
+    try:
+        out = render(args.target, args.build, args.out, max_batch=args.max_batch, fusion=fusion, copy=args.copy)
+    except RepositoryError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"rendered the {args.target} repository: {out}")
+    for folder in sorted(out.iterdir()):
+        print(f"  {folder.name}/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

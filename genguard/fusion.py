@@ -1,0 +1,191 @@
+"""Postprocessing: per-head probabilities -> one per-image answer (a superset of Hive's NIM item).
+
+The rule (documented in README.md, "How answers are fused"):
+
+  p_d        P(AI-generated) from detector d's binary head (softmax of its positive label, or sigmoid)
+  is_ai      weighted_mean: sum_d w_d p_d / sum_d w_d     (default; w_d = 1 unless configured)
+             max:           max_d p_d
+             logit_mean:    sigmoid(sum_d w_d logit(p_d) / sum_d w_d)
+  verdict    "ai_generated" if is_ai >= threshold + margin, "not_ai_generated" if < threshold - margin,
+             else "uncertain" (margin 0 by default: no uncertain band)
+  evidence   e(g) = sum over binary heads naming generator g of w_d p_d
+                  + sum over source heads of w_d p_d(label of g)     (the real label is excluded)
+  sources    possible_sources[none] = 1 - is_ai; possible_sources[g] = is_ai * e(g) / sum_g e(g)
+             (uniform over generators when there is no evidence); source = argmax
+  nsfw       level = argmax; at_least[l] = sum of the probabilities of l and every higher level
+             (Freepik card); is_nsfw = at_least[nsfw_level] >= nsfw_threshold
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from genguard import protocol
+from genguard.scores import head_probs
+from genguard.specs import DetectorSpec
+
+NONE = "none"
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    rule: str = "weighted_mean"
+    weights: dict[str, float] = field(default_factory=dict)  # detector -> weight (default 1.0)
+    threshold: float = 0.5
+    margin: float = 0.0
+    nsfw_level: str = "medium"
+    nsfw_threshold: float = 0.5
+
+    def __post_init__(self):
+        if self.rule not in ("weighted_mean", "max", "logit_mean"):
+            raise ValueError(f"unknown fusion rule {self.rule!r}: weighted_mean, max or logit_mean")
+        if not 0.0 <= self.threshold <= 1.0 or self.margin < 0:
+            raise ValueError("threshold must be in [0, 1] and margin >= 0")
+        if any(w < 0 for w in self.weights.values()):
+            raise ValueError("fusion weights must be >= 0")
+
+    def weight(self, detector: str) -> float:
+        return float(self.weights.get(detector, 1.0))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FusionConfig":
+        return cls(**json.loads(text)) if text else cls()
+
+
+def source_name(label: str) -> str:
+    """Head label -> generator name in possible_sources ("Diffusion" -> "diffusion")."""
+    return label.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def source_names(detectors: list[DetectorSpec]) -> list[str]:
+    """possible_sources order: none first, then generators in spec order."""
+    names = [NONE]
+    for spec in detectors:
+        for head in spec.heads:
+            if head.role == "binary" and head.generator:
+                candidates = [head.generator]
+            elif head.role == "source":
+                candidates = [source_name(label) for label in head.labels if label != head.real_label]
+            else:
+                continue
+            names += [n for n in candidates if n not in names]
+    return names
+
+
+def nsfw_labels(detectors: list[DetectorSpec]) -> list[str]:
+    head = next((h for s in detectors for h in s.heads if h.role == "nsfw"), None)
+    return list(head.labels) if head else []
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-7), 1 - 1e-7)
+    return math.log(p / (1 - p))
+
+
+class Fuser:
+    """Fuses one image's head logits into its answer; built once per served configuration."""
+
+    def __init__(self, detectors: list[DetectorSpec], config: FusionConfig, weights: dict[str, str]):
+        self.detectors = detectors
+        self.config = config
+        self.weights_used = weights  # detector -> "real" | "random"
+        self.sources = source_names(detectors)
+        self.nsfw = nsfw_labels(detectors)
+        if self.nsfw and config.nsfw_level not in self.nsfw[1:]:
+            raise ValueError(f"nsfw_level must be one of {self.nsfw[1:]}")
+        if not any(h.role == "binary" for s in detectors for h in s.heads):
+            raise ValueError("fusion needs at least one detector with a binary head")
+        random = sorted(d for d, w in weights.items() if w == "random")
+        self.warnings = (
+            [f"RANDOM WEIGHTS: {', '.join(random)} run random weights; these scores are meaningless"]
+            if random else []
+        )
+
+    def probabilities(self, logits: dict[tuple[str, str], np.ndarray]) -> dict[str, dict[str, dict[str, float]]]:
+        """(detector, head) -> [k] logits for one image -> detector -> head -> label -> probability."""
+        out = {}
+        for spec in self.detectors:
+            out[spec.name] = {}
+            for head in spec.heads:
+                probs = head_probs(head, np.asarray(logits[(spec.name, head.name)], dtype=np.float64)[None, :])[0]
+                out[spec.name][head.name] = {label: float(p) for label, p in zip(head.labels, probs)}
+        return out
+
+    def fuse(self, probs: dict[str, dict[str, dict[str, float]]]) -> dict:
+        cfg = self.config
+        binary, evidence = [], {name: 0.0 for name in self.sources[1:]}
+        for spec in self.detectors:
+            w = cfg.weight(spec.name)
+            for head in spec.heads:
+                p = probs[spec.name][head.name]
+                if head.role == "binary":
+                    binary.append((w, p[head.positive]))
+                    if head.generator:
+                        evidence[head.generator] += w * p[head.positive]
+                elif head.role == "source":
+                    for label, value in p.items():
+                        if label != head.real_label:
+                            evidence[source_name(label)] += w * value
+        total_w = sum(w for w, _ in binary)
+        if cfg.rule == "max" or total_w == 0:
+            is_ai = max(p for _, p in binary)
+        elif cfg.rule == "logit_mean":
+            is_ai = 1 / (1 + math.exp(-sum(w * _logit(p) for w, p in binary) / total_w))
+        else:
+            is_ai = sum(w * p for w, p in binary) / total_w
+
+        total_e = sum(evidence.values())
+        sources = {NONE: 1.0 - is_ai}
+        for name, e in evidence.items():
+            share = e / total_e if total_e > 1e-12 else 1.0 / max(1, len(evidence))
+            sources[name] = is_ai * share
+        if is_ai >= cfg.threshold + cfg.margin:
+            verdict = "ai_generated"
+        elif is_ai < cfg.threshold - cfg.margin:
+            verdict = "not_ai_generated"
+        else:
+            verdict = "uncertain"
+        answer = {
+            "is_ai_generated": is_ai,
+            "verdict": verdict,
+            "possible_sources": sources,
+            "source": max(sources, key=sources.get),
+        }
+        nsfw_head = next(((s.name, h) for s in self.detectors for h in s.heads if h.role == "nsfw"), None)
+        if nsfw_head:
+            scores = probs[nsfw_head[0]][nsfw_head[1].name]
+            levels = list(nsfw_head[1].labels)
+            at_least = {lvl: float(sum(scores[l] for l in levels[i:])) for i, lvl in enumerate(levels) if i > 0}
+            answer["nsfw"] = {
+                "level": max(scores, key=scores.get),
+                "scores": scores,
+                "at_least": at_least,
+                "is_nsfw": at_least[cfg.nsfw_level] >= cfg.nsfw_threshold,
+                "rule": f"at_least[{cfg.nsfw_level}] >= {cfg.nsfw_threshold}",
+            }
+        return answer
+
+    def answer(self, index: int, info: dict, logits: dict[tuple[str, str], np.ndarray] | None) -> dict:
+        """The full per-image JSON document; `info` is preprocess's IMAGE_INFO for this image."""
+        doc = {"index": index, "status": protocol.SUCCESS if info.get("ok") else protocol.FAILURE,
+               "error": None if info.get("ok") else {"reason": info.get("reason"), "message": info.get("message")}}
+        if info.get("ok"):
+            probs = self.probabilities(logits)
+            doc.update(self.fuse(probs))
+            doc["detectors"] = probs
+            doc["image"] = {k: info[k] for k in ("width", "height", "format") if k in info}
+        else:
+            doc.update({"is_ai_generated": None, "verdict": None, "possible_sources": None, "source": None})
+        doc["weights"] = self.weights_used
+        doc["fusion"] = {"rule": self.config.rule, "threshold": self.config.threshold}
+        if self.warnings:
+            doc["warnings"] = self.warnings
+        return doc

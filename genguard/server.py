@@ -1,0 +1,225 @@
+"""Run the `tritonserver` that PyPI nvidia-pytriton bundles (python backend only) on a rendered repository.
+
+One source for the server's flags: server_args() is what `make serve`, the tests, the server image and
+the Kubernetes manifests use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+
+
+@dataclass(frozen=True)
+class Ports:
+    http: int = HTTP_PORT
+    grpc: int = GRPC_PORT
+    metrics: int = METRICS_PORT
+
+
+def server_args(repository: Path | str, *, ports: Ports = Ports(), host: str = HOST, production: bool = False,
+                backend_directory: Path | str | None = None, cache_directory: Path | str | None = None) -> list[str]:
+    """tritonserver flags. production=True closes the model-control and repository APIs."""
+    args = [
+        f"--model-repository={repository}",
+        f"--http-address={host}", f"--http-port={ports.http}",
+        f"--grpc-address={host}", f"--grpc-port={ports.grpc}",
+        f"--metrics-address={host}", f"--metrics-port={ports.metrics}",
+        "--allow-metrics=true", "--allow-gpu-metrics=false",
+        "--model-control-mode=none",
+        "--disable-auto-complete-config",  # the rendered configs are complete; don't let Triton guess
+        "--exit-on-error=true",  # a detector that fails to load stops the server: no silent half-service
+        "--strict-readiness=true",
+        "--exit-timeout-secs=30",  # graceful shutdown: drain in-flight requests
+    ]
+    if production:
+        args += ["--http-restricted-api=model-repository,shared-memory:admin-key=",
+                 "--grpc-restricted-protocol=model-repository,shared-memory:admin-key="]
+    if backend_directory:
+        args.append(f"--backend-directory={backend_directory}")
+    if cache_directory:
+        args.append(f"--cache-directory={cache_directory}")
+    return args
+
+
+def _site_packages() -> Path:
+    return Path(sysconfig.get_paths()["purelib"])
+
+
+def prepare_tritonserver(home: Path) -> Path:
+    """Lay out pytriton's bundled tritonserver under `home` with the python backend stub for this
+    Python in backends/python/ (where the backend looks for it). Returns the binary's path."""
+    bundled = _site_packages() / "pytriton" / "tritonserver"
+    if not bundled.is_dir():
+        raise RuntimeError("nvidia-pytriton is not installed: run `make setup`")
+    binary = home / "bin" / "tritonserver"
+    if not binary.exists():
+        for part in ("bin", "backends", "caches"):
+            shutil.copytree(bundled / part, home / part, symlinks=True, dirs_exist_ok=True)
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = bundled / "python_backend_stubs" / version / "triton_python_backend_stub"
+        shutil.copy2(stub, home / "backends" / "python" / "triton_python_backend_stub")
+    return binary
+
+
+def environment() -> dict[str, str]:
+    """The stub finds its Python on PATH: this venv's bin first. pytriton's libs on LD_LIBRARY_PATH."""
+    env = dict(os.environ)
+    libs = str(_site_packages() / "nvidia_pytriton.libs")
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libs, env.get("LD_LIBRARY_PATH")]))
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def start(repository: Path, home: Path, *, ports: Ports = Ports(), log_file: Path | None = None,
+          production: bool = False) -> subprocess.Popen:
+    binary = prepare_tritonserver(home)
+    command = [str(binary), *server_args(repository, ports=ports, production=production,
+                                         backend_directory=home / "backends", cache_directory=home / "caches")]
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
+    return subprocess.Popen(command, env=environment(), stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def is_ready(ports: Ports = Ports(), host: str = HOST) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{ports.http}/v2/health/ready", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def wait_ready(process: subprocess.Popen, ports: Ports = Ports(), timeout: float = 300,
+               log_file: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"tritonserver exited with code {process.returncode} before becoming ready"
+                               + _log_tail(log_file))
+        if is_ready(ports):
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"tritonserver not ready after {timeout:.0f} s" + _log_tail(log_file))
+
+
+def _log_tail(log_file: Path | None, lines: int = 30) -> str:
+    if not log_file or not Path(log_file).exists():
+        return ""
+    tail = Path(log_file).read_text(errors="replace").splitlines()[-lines:]
+    return f"\n--- last lines of {log_file} ---\n" + "\n".join(tail)
+
+
+def stop_pid(pid: int, timeout: float = 40) -> bool:
+    """SIGTERM (Triton drains in-flight requests), then SIGKILL after `timeout`. False if not running."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------
+# make serve / make stop
+
+
+def _exports_match(build: Path, weights: str) -> bool:
+    from genguard.export.repository import RepositoryError, find_exports
+
+    try:
+        return all(d.weights == weights for d in find_exports(build))
+    except RepositoryError:
+        return False
+
+
+def serve(args) -> int:
+    from genguard.export.repository import RepositoryError, render
+
+    build = Path(args.build)
+    pidfile, log_file = build / "tritonserver.pid", build / "tritonserver.log"
+    ports = Ports(args.http_port, args.grpc_port, args.metrics_port)
+    if pidfile.exists() or is_ready(ports):
+        print(f"a server is already running (pid file {pidfile} or port {ports.http} answers): make stop first",
+              file=sys.stderr)
+        return 1
+    if not _exports_match(build, args.weights):
+        from genguard.export.__main__ import main as export_main
+
+        print(f"exporting detectors (WEIGHTS={args.weights}) ...", file=sys.stderr, flush=True)
+        export_args = ["--weights", args.weights, "--build", str(build)]
+        for checkpoint in args.checkpoint:
+            export_args += ["--checkpoint", checkpoint]
+        if export_main(export_args) != 0:
+            return 1
+    try:
+        repository = render("cpu", build)
+    except RepositoryError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    log_file.unlink(missing_ok=True)
+    process = start(repository, build / "tritonserver", ports=ports, log_file=log_file)
+    pidfile.write_text(f"{process.pid}\n")
+    try:
+        wait_ready(process, ports, timeout=args.timeout, log_file=log_file)
+    except RuntimeError as exc:
+        stop_pid(process.pid)
+        pidfile.unlink(missing_ok=True)
+        print(f"GenGuard failed to start: {exc}", file=sys.stderr)
+        return 1
+    random = "" if args.weights == "real" else "\n  !!! RANDOM WEIGHTS: answers are meaningless (plumbing only) !!!"
+    print(f"""GenGuard is ready (pid {process.pid}, log {log_file}, repository {repository}){random}
+  HTTP    http://{HOST}:{ports.http}   gRPC {HOST}:{ports.grpc}   metrics http://{HOST}:{ports.metrics}/metrics
+  query:  {Path(sys.executable).parent}/genguard detect path/to/image.jpg
+  stop:   make stop""")
+    return 0
+
+
+def stop(args) -> int:
+    pidfile = Path(args.build) / "tritonserver.pid"
+    if not pidfile.exists():
+        print("no GenGuard server recorded (no pid file); nothing to stop")
+        return 0
+    pid = int(pidfile.read_text().strip())
+    print("stopped" if stop_pid(pid) else f"server {pid} was not running")
+    pidfile.unlink()
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m genguard.server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("serve", "stop"):
+        p = sub.add_parser(name)
+        p.add_argument("--build", default="build")
+    serve_p = sub.choices["serve"]
+    serve_p.add_argument("--weights", choices=("real", "random"), default="real")
+    serve_p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH")
+    serve_p.add_argument("--http-port", type=int, default=HTTP_PORT)
+    serve_p.add_argument("--grpc-port", type=int, default=GRPC_PORT)
+    serve_p.add_argument("--metrics-port", type=int, default=METRICS_PORT)
+    serve_p.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args(argv)
+    return serve(args) if args.command == "serve" else stop(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""One GenGuard detector (python backend): its exported ONNX on ONNX Runtime (CPU).
+
+Requests gathered by the dynamic batcher run as one ONNX Runtime batch. Refuses to load when the ONNX
+file is missing, unreadable, or disagrees with the config (detector, heads, weights provenance).
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from genguard import onnx_runtime, protocol
+
+
+def parameters(config: dict) -> dict[str, str]:
+    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = parameters(config)
+        self.name = args["model_name"]
+        path = Path(args["model_repository"]) / args["model_version"] / params["onnx_file"]
+        if not path.is_file():
+            raise pb_utils.TritonModelException(
+                f"{self.name}: {path} is missing; export it first (make export, or make export WEIGHTS=random)"
+            )
+        try:
+            self.session = onnx_runtime.session(
+                path,
+                threads=int(params.get("intra_op_threads", "0")) or None,
+                optimization=params.get("optimization", "all"),
+                spinning=False,  # several detectors share the cores; spinning threads would steal them
+            )
+        except Exception as exc:
+            raise pb_utils.TritonModelException(f"{self.name}: {path} is not a valid ONNX model: {exc}") from None
+        meta = {k.removeprefix("genguard."): json.loads(v)
+                for k, v in self.session.get_modelmeta().custom_metadata_map.items() if k.startswith("genguard.")}
+        self.outputs = [o["name"] for o in config["output"]]
+        problems = []
+        if meta.get("detector") != params["detector"]:
+            problems.append(f"ONNX detector {meta.get('detector')!r} != config {params['detector']!r}")
+        if meta.get("weights") != params["weights"]:
+            problems.append(f"ONNX weights {meta.get('weights')!r} != config {params['weights']!r}")
+        if sorted(o.name for o in self.session.get_outputs()) != sorted(self.outputs):
+            problems.append(f"ONNX outputs {[o.name for o in self.session.get_outputs()]} != config {self.outputs}")
+        if problems:
+            raise pb_utils.TritonModelException(f"{self.name}: {path}: " + "; ".join(problems))
+        if params["weights"] == "random":
+            message = (f"RANDOM WEIGHTS: detector {self.name} serves random weights (checkpoint "
+                       f"{meta.get('checkpoint')}); its scores are meaningless")
+            pb_utils.Logger.log_warn(message)
+            print("!" * 20 + " " + message + " " + "!" * 20, file=sys.stderr, flush=True)
+
+    def execute(self, requests):
+        arrays = [pb_utils.get_input_tensor_by_name(r, protocol.DETECTOR_INPUT).as_numpy() for r in requests]
+        try:
+            results = self.session.run(self.outputs, {protocol.DETECTOR_INPUT: np.concatenate(arrays)})
+        except Exception as exc:
+            error = pb_utils.TritonError(f"{self.name}: inference failed: {exc}")
+            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+        responses, start = [], 0
+        for array in arrays:
+            end = start + len(array)
+            tensors = [pb_utils.Tensor(name, out[start:end]) for name, out in zip(self.outputs, results)]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            start = end
+        return responses

@@ -1,0 +1,78 @@
+"""GenGuard `postprocess` (python backend): head logits + IMAGE_INFO -> per-image JSON and tensors."""
+
+import json
+import sys
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from genguard import protocol, specs
+from genguard.fusion import FusionConfig, Fuser
+
+
+def parameters(config: dict) -> dict[str, str]:
+    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+
+
+def detector_specs(heads_by_detector: dict[str, dict[str, list[str]]]) -> list[specs.DetectorSpec]:
+    """Specs as exported: label order comes from the ONNX metadata the renderer copied into the config."""
+    out = []
+    for name, heads in heads_by_detector.items():
+        spec = specs.get(name)
+        for head, labels in heads.items():
+            spec = specs.with_labels(spec, head, tuple(labels))
+        out.append(spec)
+    return out
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = parameters(config)
+        self.detectors = detector_specs(json.loads(params["detectors"]))
+        self.fuser = Fuser(self.detectors, FusionConfig.from_json(params.get("fusion", "")),
+                           json.loads(params["weights"]))
+        self.output_names = {o["name"] for o in config["output"]}
+        for warning in self.fuser.warnings:
+            pb_utils.Logger.log_warn(warning)
+            print("!" * 20 + " " + warning + " " + "!" * 20, file=sys.stderr, flush=True)
+
+    def execute(self, requests):
+        return [self._answer(request) for request in requests]
+
+    def _answer(self, request):
+        infos = pb_utils.get_input_tensor_by_name(request, protocol.IMAGE_INFO).as_numpy().reshape(-1)
+        logits = {
+            (spec.name, head.name): pb_utils.get_input_tensor_by_name(
+                request, protocol.head_tensor(spec.name, head.name)).as_numpy()
+            for spec in self.detectors for head in spec.heads
+        }
+        docs = []
+        for i, raw in enumerate(infos):
+            info = json.loads(raw)
+            try:
+                docs.append(self.fuser.answer(i, info, {k: v[i] for k, v in logits.items()} if info["ok"] else None))
+            except Exception as exc:  # one image's failure stays its own
+                docs.append(self.fuser.answer(i, {"ok": False, "reason": "internal",
+                                                  "message": f"postprocessing failed: {exc!r}"}, None))
+        return pb_utils.InferenceResponse(output_tensors=self._tensors(docs))
+
+    def _tensors(self, docs):
+        n, nan = len(docs), np.float32("nan")
+        ok = [d["status"] == protocol.SUCCESS for d in docs]
+        result = np.array([[json.dumps(d).encode()] for d in docs], dtype=np.object_)
+        is_ai = np.array([[d["is_ai_generated"] if k else nan] for d, k in zip(docs, ok)], dtype=np.float32)
+        sources = np.full((n, len(self.fuser.sources)), nan, dtype=np.float32)
+        for i, d in enumerate(docs):
+            if ok[i]:
+                sources[i] = [d["possible_sources"][s] for s in self.fuser.sources]
+        status = np.array([[0 if k else 1] for k in ok], dtype=np.int32)
+        tensors = [pb_utils.Tensor(protocol.RESULT, result), pb_utils.Tensor(protocol.IS_AI_GENERATED, is_ai),
+                   pb_utils.Tensor(protocol.POSSIBLE_SOURCES, sources), pb_utils.Tensor(protocol.STATUS, status)]
+        if protocol.NSFW_SCORES in self.output_names:
+            nsfw = np.full((n, len(self.fuser.nsfw)), nan, dtype=np.float32)
+            for i, d in enumerate(docs):
+                if ok[i]:
+                    nsfw[i] = [d["nsfw"]["scores"][l] for l in self.fuser.nsfw]
+            tensors.append(pb_utils.Tensor(protocol.NSFW_SCORES, nsfw))
+        return tensors

@@ -1,0 +1,63 @@
+"""GenGuard `preprocess` (python backend): encoded images -> one tensor per detector input spec.
+
+Never fails a batch for one image: a refused image gets zeros and a FAILURE in IMAGE_INFO.
+"""
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from genguard import protocol, specs
+from genguard.preprocess import DecodeLimits, ImageRejected, preprocess_bytes
+
+
+def parameters(config: dict) -> dict[str, str]:
+    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = parameters(json.loads(args["model_config"]))
+        known = specs.distinct_inputs(specs.DETECTORS.values())
+        self.inputs = {name: known[name] for name in params["inputs"].split(",")}
+        limits = json.loads(params.get("limits", "{}"))
+        if "formats" in limits:
+            limits["formats"] = tuple(limits["formats"])
+        self.limits = DecodeLimits(**limits)
+        # Pillow releases the GIL while decoding and resizing, so threads decode images in parallel.
+        threads = int(params.get("decode_threads", "0")) or os.cpu_count() or 1
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+
+    def _one(self, data: bytes):
+        try:
+            decoded, tensors = preprocess_bytes(data, self.inputs, self.limits)
+            info = {"ok": True, "width": decoded.width, "height": decoded.height, "format": decoded.format}
+            return info, tensors
+        except ImageRejected as exc:
+            return {"ok": False, "reason": exc.reason, "message": str(exc)}, None
+        except Exception as exc:  # a bug must fail one image loudly, not the batch
+            return {"ok": False, "reason": "internal", "message": f"preprocessing failed: {exc!r}"}, None
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            images = pb_utils.get_input_tensor_by_name(request, protocol.INPUT).as_numpy()
+            images = images.reshape(images.shape[0], -1)
+            results = list(self.pool.map(self._one, (row.tobytes() for row in images)))
+            outputs = []
+            for name, spec in self.inputs.items():
+                batch = np.zeros((len(results), *spec.shape), dtype=np.float32)
+                for i, (_, tensors) in enumerate(results):
+                    if tensors is not None:
+                        batch[i] = tensors[name]
+                outputs.append(pb_utils.Tensor(protocol.pixels_tensor(name), batch))
+            infos = np.array([[json.dumps(info).encode()] for info, _ in results], dtype=np.object_)
+            outputs.append(pb_utils.Tensor(protocol.IMAGE_INFO, infos))
+            responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
+        return responses
+
+    def finalize(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)
