@@ -7,11 +7,13 @@ BUILD ?= build
 # real: each spec's checkpoint (hub id, or CHECKPOINTS="name=/path ..."); random: offline test weights
 WEIGHTS ?= real
 CHECKPOINTS ?=
+# reorder a head's labels, e.g. LABELS="sumsub_sd=sd:stable_diffusion,real"
+LABELS ?=
 DETECTORS ?=
 TARGET ?= cpu
 
 EXPORT_ARGS = --weights $(WEIGHTS) --build $(BUILD) $(if $(DETECTORS),--detectors $(DETECTORS)) \
-	$(foreach c,$(CHECKPOINTS),--checkpoint $(c))
+	$(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(foreach l,$(LABELS),--labels $(l))
 
 .PHONY: setup test export repository serve stop clean
 

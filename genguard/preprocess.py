@@ -46,6 +46,42 @@ class DecodedImage:
     height: int
 
 
+def encoded_extent(data: bytes) -> bytes:
+    """The image's own bytes without the zero padding of a batched request; raises for truncation.
+
+    Padding would otherwise hide truncation: libjpeg reads the zeros as entropy data and returns a
+    garbage image without error. So check each format's own end marker or declared size first.
+    TIFF has neither; its truncation is left to the decoder.
+    """
+    content = data.rstrip(b"\0")
+    if content[:3] == b"\xff\xd8\xff":
+        # complete when an end-of-image marker follows the last start-of-scan (an EXIF thumbnail has its own)
+        eoi = data.rfind(b"\xff\xd9")
+        if eoi < 0 or eoi < data.rfind(b"\xff\xda"):
+            raise ImageRejected("truncated", "JPEG is truncated: no end-of-image marker after its last scan")
+        return data[: eoi + 2]
+    if content[:8] == b"\x89PNG\r\n\x1a\n":
+        end = data.rfind(b"IEND\xaeB`\x82")
+        if end < 0:
+            raise ImageRejected("truncated", "PNG is truncated: no IEND chunk")
+        return data[: end + 8]
+    if content[:4] == b"RIFF" and content[8:12] == b"WEBP":
+        size = 8 + int.from_bytes(data[4:8], "little")
+        if len(data) < size:
+            raise ImageRejected("truncated", f"WebP is truncated: {len(data)} of {size} bytes")
+        return data[:size]
+    if content[:2] == b"BM" and len(data) >= 6:
+        size = int.from_bytes(data[2:6], "little")  # some writers leave it 0
+        if size and len(data) < size:
+            raise ImageRejected("truncated", f"BMP is truncated: {len(data)} of {size} bytes")
+        return data[:size] if size else content
+    if content[:4] in (b"GIF8",):
+        if not content.endswith(b"\x3b"):
+            raise ImageRejected("truncated", "GIF is truncated: no trailer")
+        return content
+    return data
+
+
 def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
     """Open and fully decode the first frame of an encoded image, or raise ImageRejected.
 
@@ -57,6 +93,7 @@ def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
         raise ImageRejected("empty", "empty input: no image bytes were sent")
     if size > limits.max_bytes:
         raise ImageRejected("too_large", f"image is {size} bytes, over the limit of {limits.max_bytes} bytes")
+    data = encoded_extent(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -33,6 +33,9 @@ def checkpoint_path(build: Path, name: str) -> Path:
     return build / "checkpoints" / name
 
 
+TEST_MAX_BYTES = 4 << 20
+
+
 def free_ports(count: int) -> list[int]:
     import socket
 
@@ -91,6 +94,9 @@ def triton(tiny_build, tmp_path_factory) -> RunningServer:
     """One real tritonserver for the whole test run, serving the tiny build's cpu repository."""
     from genguard import server
 
-    running = start_server(tiny_build, tmp_path_factory.mktemp("triton"))
+    from genguard.preprocess import DecodeLimits
+
+    # A small byte limit keeps the "oversized image" tests' traffic small; the mechanism is the same.
+    running = start_server(tiny_build, tmp_path_factory.mktemp("triton"), limits=DecodeLimits(max_bytes=TEST_MAX_BYTES))
     yield running
     server.stop_pid(running.process.pid)

@@ -1,0 +1,126 @@
+"""Settings and result assembly shared by the blocking Client and the AsyncClient."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from genguard import protocol
+
+from .errors import GenGuardError, ServerUnavailable, unreachable
+from .inputs import Loaded
+from .results import Result
+from .transport import RetryEvent, RetryPolicy, documents, normalize_url
+
+WINDOW_BATCHES = 4  # sort-by-size window, in batches: bigger packs tighter but answers later
+MAX_REQUEST_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Health:
+    url: str
+    protocol: str
+    live: bool
+    ready: bool
+    models: dict[str, bool] = field(default_factory=dict)   # the ensemble and each of its steps -> ready
+    weights: dict[str, str] = field(default_factory=dict)   # detector -> real | random, when the server says
+
+    @property
+    def ok(self) -> bool:
+        return self.live and self.ready and bool(self.models) and all(self.models.values())
+
+
+class BaseClient:
+    """Arguments shared by Client and AsyncClient.
+
+    url: host:port of the server (default 127.0.0.1:8001 for grpc, 127.0.0.1:8000 for http).
+    protocol: "grpc" (default) or "http".
+    model: the ensemble to call.
+    timeout: seconds to wait for one request (connecting included) before its images FAIL with reason
+        "timeout"; also bounds health and metadata calls.
+    retries, backoff: on connection loss or UNAVAILABLE, retry up to `retries` times, waiting `backoff`
+        seconds, then twice that, ... (capped at 8 s); then raise ServerUnavailable. A request the
+        server refused is never retried.
+    batch_size: images per request; default and cap: the model's max_batch_size.
+    concurrency: requests in flight at once.
+    max_request_bytes: cap on one request's padded tensor (rows * longest image).
+    on_retry: called with a RetryEvent before each retry (from worker threads in Client).
+    """
+
+    def __init__(self, url: str | None = None, *, protocol: str = "grpc", model: str = protocol.ENSEMBLE,
+                 timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, batch_size: int | None = None,
+                 concurrency: int = 2, max_request_bytes: int = MAX_REQUEST_BYTES,
+                 on_retry: Callable[[RetryEvent], None] | None = None):
+        if timeout <= 0 or retries < 0 or backoff < 0 or concurrency < 1 or (batch_size is not None and batch_size < 1):
+            raise ValueError("timeout must be > 0, retries and backoff >= 0, concurrency and batch_size >= 1")
+        self.protocol = protocol
+        self.url = normalize_url(url, protocol)
+        self.model = model
+        self.timeout = float(timeout)
+        self.policy = RetryPolicy(retries=retries, backoff=backoff)
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self.max_request_bytes = max_request_bytes
+        self.on_retry = on_retry
+        self.attempts = 0  # inference requests sent, retries included (diagnostics)
+        self._count_lock = threading.Lock()
+        self._max_batch: int | None = None  # the model's max_batch_size, read on first use
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r}, protocol={self.protocol!r}, model={self.model!r})"
+
+    def _count_attempt(self) -> None:
+        with self._count_lock:
+            self.attempts += 1
+
+    def _unavailable(self, lost: bool) -> ServerUnavailable:
+        return ServerUnavailable(unreachable(self.url, self.protocol, self.policy.retries + 1, lost))
+
+    def _set_max_batch(self, config: dict) -> None:
+        self._max_batch = int(config.get("max_batch_size", 0))
+
+    def _effective_batch(self) -> int:
+        cap = self._max_batch if self._max_batch else 1  # 0: the model takes one unbatched image
+        return min(self.batch_size or cap, cap)
+
+    def _pack(self, batch: list[Loaded]) -> np.ndarray:
+        array = protocol.pack_images([entry.data for entry in batch])
+        return array if self._max_batch else array[0]
+
+    def _results(self, batch: list[Loaded], response) -> list[Result]:
+        docs = documents(response)
+        if len(docs) != len(batch):
+            raise GenGuardError(f"GenGuard at {self.url} answered {len(docs)} results for {len(batch)} images: "
+                                "the server and this client disagree on the protocol; update one of them")
+        # The server numbers rows within the request; the caller's index replaces it.
+        return [Result.from_json(doc, entry.item.index, entry.item.name) for doc, entry in zip(docs, batch)]
+
+    def _failed(self, batch: list[Loaded], reason: str, exc: BaseException) -> list[Result]:
+        if reason == "timeout":
+            message = (f"no answer from GenGuard at {self.url} within {self.timeout:g} s: raise --timeout "
+                       "or lower --batch-size")
+        else:
+            detail = exc.message() if hasattr(exc, "message") else str(exc)
+            message = f"GenGuard refused the request carrying this image: {detail}"
+        return [Result.failure(entry.item.index, entry.item.name, reason, message) for entry in batch]
+
+    @staticmethod
+    def _in_order(done: dict[int, Result]) -> list[Result]:
+        return [done[i] for i in sorted(done)]
+
+    @staticmethod
+    def _steps(config: dict | None) -> list[str]:
+        return [step["model_name"] for step in (config or {}).get("ensemble_scheduling", {}).get("step", [])]
+
+    @staticmethod
+    def _weights(config: dict | None) -> dict[str, str]:
+        """detector -> real | random, from the postprocess config (best effort: {} if absent)."""
+        raw = (config or {}).get("parameters", {}).get("weights", {}).get("string_value")
+        try:
+            return json.loads(raw) if raw else {}
+        except ValueError:
+            return {}

@@ -1,0 +1,140 @@
+"""Typed per-image answers, mirroring the server's RESULT JSON (genguard/fusion.py).
+
+A Result is built from the server's document for one image, or by the client for an image it could
+not send (unreadable file, timeout); both look the same to the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from genguard.protocol import FAILURE, SUCCESS
+
+NSFW_LEVELS = ("neutral", "low", "medium", "high")  # Freepik card order, least to most explicit
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    reason: str   # stable code: not_an_image, corrupt, too_large, not_found, permission_denied, timeout ...
+    message: str  # one readable sentence
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int | None
+    height: int | None
+    format: str | None
+
+
+@dataclass(frozen=True)
+class NsfwResult:
+    level: str                   # the most likely level
+    scores: dict[str, float]     # neutral, low, medium, high
+    at_least: dict[str, float]   # P(level or more explicit), for low, medium, high
+    flagged: bool | None = None  # the server's is_nsfw under its configured rule (`rule`)
+    rule: str | None = None
+
+    def is_nsfw(self, level: str = "medium", threshold: float = 0.5) -> bool:
+        """Freepik card semantics: NSFW when P(at least `level`) >= threshold."""
+        if level not in NSFW_LEVELS[1:]:
+            raise ValueError(f"nsfw level must be one of {', '.join(NSFW_LEVELS[1:])}, not {level!r}")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], not {threshold}")
+        return self.at_least[level] >= threshold
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "NsfwResult":
+        scores = {k: float(v) for k, v in doc["scores"].items()}
+        at_least = doc.get("at_least")
+        if at_least is None:  # derive it: cumulative from the most explicit level down
+            levels = [lvl for lvl in NSFW_LEVELS if lvl in scores]
+            at_least = {lvl: sum(scores[x] for x in levels[i:]) for i, lvl in enumerate(levels) if i > 0}
+        return cls(level=doc.get("level") or max(scores, key=scores.get), scores=scores,
+                   at_least={k: float(v) for k, v in at_least.items()},
+                   flagged=doc.get("is_nsfw"), rule=doc.get("rule"))
+
+
+@dataclass(frozen=True)
+class Result:
+    index: int                     # position in the caller's (flattened) input list
+    name: str                      # the input: its path, or "<bytes 3>", "<PIL image 4>", "-" (stdin)
+    status: str                    # SUCCESS | FAILURE
+    error: ErrorInfo | None = None
+    is_ai_generated: float | None = None
+    verdict: str | None = None     # ai_generated | not_ai_generated | uncertain (server's threshold)
+    possible_sources: dict[str, float] | None = None
+    source: str | None = None      # most likely generator ("none": not AI-generated)
+    nsfw: NsfwResult | None = None
+    detectors: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    image: ImageInfo | None = None
+    weights: dict[str, str] = field(default_factory=dict)  # detector -> "real" | "random"
+    fusion: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the server's document, as sent
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCESS
+
+    def is_nsfw(self, level: str = "medium", threshold: float = 0.5) -> bool | None:
+        """See NsfwResult.is_nsfw; None when there is no NSFW answer (failure, or no NSFW detector)."""
+        return self.nsfw.is_nsfw(level, threshold) if self.nsfw else None
+
+    def verdict_at(self, threshold: float) -> str | None:
+        """The verdict for a client-side threshold on is_ai_generated (no uncertain band)."""
+        if self.is_ai_generated is None:
+            return None
+        return "ai_generated" if self.is_ai_generated >= threshold else "not_ai_generated"
+
+    def to_dict(self, threshold: float | None = None) -> dict[str, Any]:
+        """The server's document with the caller's index and the input's name (JSON-ready)."""
+        doc = {"index": self.index, "name": self.name, **{k: v for k, v in self.raw.items() if k != "index"}}
+        if threshold is not None and self.ok:
+            doc["verdict"] = self.verdict_at(threshold)
+            doc["threshold"] = threshold
+        return doc
+
+    def to_hive(self) -> dict[str, Any]:
+        """One item of Hive's NIM response."""
+        return {"index": self.index, "is_ai_generated": self.is_ai_generated,
+                "possible_sources": self.possible_sources, "status": self.status}
+
+    @classmethod
+    def from_json(cls, doc: dict, index: int, name: str) -> "Result":
+        error = doc.get("error")
+        image = doc.get("image")
+        nsfw = doc.get("nsfw")
+        ai = doc.get("is_ai_generated")
+        return cls(
+            index=index, name=name, status=doc.get("status", FAILURE),
+            error=ErrorInfo(error.get("reason") or "unknown", error.get("message") or "") if error else None,
+            is_ai_generated=None if ai is None else float(ai),
+            verdict=doc.get("verdict"),
+            possible_sources=doc.get("possible_sources"),
+            source=doc.get("source"),
+            nsfw=NsfwResult.from_json(nsfw) if nsfw else None,
+            detectors=doc.get("detectors") or {},
+            image=ImageInfo(image.get("width"), image.get("height"), image.get("format")) if image else None,
+            weights=doc.get("weights") or {},
+            fusion=doc.get("fusion") or {},
+            warnings=list(doc.get("warnings") or []),
+            raw=doc,
+        )
+
+    @classmethod
+    def failure(cls, index: int, name: str, reason: str, message: str) -> "Result":
+        """A FAILURE the client decided (the document has the server's failure shape)."""
+        doc = {"index": index, "status": FAILURE, "error": {"reason": reason, "message": message},
+               "is_ai_generated": None, "verdict": None, "possible_sources": None, "source": None}
+        return cls.from_json(doc, index, name)
+
+
+def hive_view(results: list[Result]) -> dict[str, list[dict[str, Any]]]:
+    """Results in the shape of Hive's NIM API response, for code migrating from it."""
+    return {"data": [r.to_hive() for r in results]}
+
+
+def is_nsfw(result: Result | NsfwResult, level: str = "medium", threshold: float = 0.5) -> bool | None:
+    """Function form of Result.is_nsfw / NsfwResult.is_nsfw."""
+    return result.is_nsfw(level, threshold)

@@ -1,0 +1,193 @@
+"""The few Triton calls GenGuard needs, over tritonclient's four clients (grpc/http, sync/aio), and
+the one place that decides which failures are retried.
+
+Retried: connection refused/reset/lost and UNAVAILABLE (gRPC) / 502-504 (HTTP). Never retried: a
+request the server answered with a refusal (INVALID_ARG, NOT_FOUND, HTTP 400/404 ...): sending the
+same bytes again gets the same answer. Timeouts aren't retried either: a server too slow for one
+request only gets busier.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from genguard import protocol
+
+PROTOCOLS = ("grpc", "http")
+HOST = "127.0.0.1"
+DEFAULT_PORTS = {"grpc": 8001, "http": 8000}  # genguard.server's defaults
+
+RETRY, TIMEOUT, REJECTED = "retry", "timeout", "rejected"
+_RETRY_STATUS = {"StatusCode.UNAVAILABLE", "502", "503", "504"}
+_TIMEOUT_STATUS = {"StatusCode.DEADLINE_EXCEEDED", "408"}
+
+
+def default_url(protocol_name: str) -> str:
+    return f"{HOST}:{DEFAULT_PORTS[protocol_name]}"
+
+
+def normalize_url(url: str | None, protocol_name: str) -> str:
+    """host[:port] as tritonclient wants it: no scheme; the protocol's default port when none is given."""
+    if protocol_name not in PROTOCOLS:
+        raise ValueError(f"protocol must be grpc or http, not {protocol_name!r}")
+    if not url:
+        return default_url(protocol_name)
+    for scheme in ("http://", "grpc://"):
+        if url.startswith(scheme):
+            url = url[len(scheme):]
+    if "://" in url:
+        raise ValueError(f"unsupported URL {url!r}: give host:port (TLS is not supported by this client)")
+    url = url.rstrip("/")
+    host_part = url.rsplit("]", 1)[-1]  # IPv6 literals: [::1]:8001
+    return url if ":" in host_part else f"{url}:{DEFAULT_PORTS[protocol_name]}"
+
+
+def classify(exc: BaseException) -> str | None:
+    """RETRY, TIMEOUT, REJECTED, or None for an error that isn't the server's or the network's."""
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(exc, InferenceServerException):
+        status = str(exc.status() or "")
+        if status in _RETRY_STATUS:
+            return RETRY
+        if status in _TIMEOUT_STATUS:
+            return TIMEOUT
+        return REJECTED if status else None
+    if isinstance(exc, TimeoutError):  # socket.timeout and asyncio.TimeoutError are TimeoutError
+        return TIMEOUT
+    if isinstance(exc, (OSError, http.client.HTTPException)):  # refused, reset, DNS, connection closed
+        return RETRY
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp and isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
+        return RETRY
+    return None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int = 3          # retries after the first attempt
+    backoff: float = 0.5      # first delay, seconds; doubles each retry
+    max_backoff: float = 8.0
+
+    def delay(self, retry: int) -> float:
+        """Delay before retry number `retry` (0-based). Jittered so that clients which lost the same
+        server don't all come back at the same instant."""
+        return min(self.max_backoff, self.backoff * 2**retry) * random.uniform(0.8, 1.0)
+
+
+@dataclass(frozen=True)
+class RetryEvent:
+    """Passed to on_retry before each retry's delay."""
+
+    retry: int            # 1 for the first retry
+    delay: float          # seconds until it
+    error: BaseException  # what failed
+    url: str
+
+
+def _modules(protocol_name: str, aio: bool):
+    if protocol_name == "grpc":
+        if aio:
+            import tritonclient.grpc.aio as module
+        else:
+            import tritonclient.grpc as module
+    elif aio:
+        import tritonclient.http.aio as module
+    else:
+        import tritonclient.http as module
+    return module
+
+
+def _request(module, array: np.ndarray):
+    image = module.InferInput(protocol.INPUT, list(array.shape), "UINT8")
+    image.set_data_from_numpy(array)
+    return [image], [module.InferRequestedOutput(protocol.RESULT)]
+
+
+def _config(doc: dict) -> dict:
+    return doc.get("config", doc)  # gRPC's as_json wraps the config; HTTP returns it bare
+
+
+def documents(result) -> list[dict]:
+    """The per-image JSON documents of an ensemble response, in row order."""
+    return [json.loads(raw) for raw in result.as_numpy(protocol.RESULT).reshape(-1)]
+
+
+class Transport:
+    """A blocking tritonclient client. The HTTP one isn't thread-safe: one per thread at a time."""
+
+    def __init__(self, protocol_name: str, url: str, timeout: float):
+        self.module = _modules(protocol_name, aio=False)
+        if protocol_name == "grpc":
+            self.client = self.module.InferenceServerClient(url)
+            self.kw, self.json_kw = {"client_timeout": timeout}, {"as_json": True}
+        else:
+            self.client = self.module.InferenceServerClient(
+                url, connection_timeout=min(timeout, 10.0), network_timeout=timeout)
+            self.kw, self.json_kw = {}, {}
+
+    def live(self) -> bool:
+        return self.client.is_server_live(**self.kw)
+
+    def ready(self) -> bool:
+        return self.client.is_server_ready(**self.kw)
+
+    def model_ready(self, model: str) -> bool:
+        return self.client.is_model_ready(model, **self.kw)
+
+    def model_config(self, model: str) -> dict:
+        return _config(self.client.get_model_config(model, **self.json_kw, **self.kw))
+
+    def model_metadata(self, model: str) -> dict:
+        return self.client.get_model_metadata(model, **self.json_kw, **self.kw)
+
+    def infer(self, model: str, array: np.ndarray):
+        inputs, outputs = _request(self.module, array)
+        return self.client.infer(model, inputs, outputs=outputs, **self.kw)
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # closing a client whose connection already broke
+            pass
+
+
+class AsyncTransport:
+    """An asyncio tritonclient client; safe for concurrent requests on its event loop."""
+
+    def __init__(self, protocol_name: str, url: str, timeout: float):
+        self.module = _modules(protocol_name, aio=True)
+        if protocol_name == "grpc":
+            self.client = self.module.InferenceServerClient(url)
+            self.kw, self.json_kw = {"client_timeout": timeout}, {"as_json": True}
+        else:
+            self.client = self.module.InferenceServerClient(url, conn_timeout=timeout)
+            self.kw, self.json_kw = {}, {}
+
+    async def live(self) -> bool:
+        return await self.client.is_server_live(**self.kw)
+
+    async def ready(self) -> bool:
+        return await self.client.is_server_ready(**self.kw)
+
+    async def model_ready(self, model: str) -> bool:
+        return await self.client.is_model_ready(model, **self.kw)
+
+    async def model_config(self, model: str) -> dict:
+        return _config(await self.client.get_model_config(model, **self.json_kw, **self.kw))
+
+    async def model_metadata(self, model: str) -> dict:
+        return await self.client.get_model_metadata(model, **self.json_kw, **self.kw)
+
+    async def infer(self, model: str, array: np.ndarray):
+        inputs, outputs = _request(self.module, array)
+        return await self.client.infer(model, inputs, outputs=outputs, **self.kw)
+
+    async def close(self) -> None:
+        await self.client.close()
