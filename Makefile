@@ -11,11 +11,15 @@ CHECKPOINTS ?=
 LABELS ?=
 DETECTORS ?=
 TARGET ?= cpu
+# CPU speed options (off by default; benchmarks report their accuracy cost): INT8=1, ORT_OPT=basic, ORT_THREADS=N
+INT8 ?=
+ORT_OPT ?= all
+ORT_THREADS ?= 0
 
 EXPORT_ARGS = --weights $(WEIGHTS) --build $(BUILD) $(if $(DETECTORS),--detectors $(DETECTORS)) \
 	$(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(foreach l,$(LABELS),--labels $(l))
 
-.PHONY: setup test export repository serve stop clean
+.PHONY: setup test export repository serve stop bench bench-compare soak gpu-check image clean
 
 # Dependencies are reinstalled only when pyproject.toml changes; the editable install of this
 # checkout is refreshed every time (a cached venv may have been made from another clone).
@@ -41,10 +45,30 @@ repository: setup
 
 # Export if needed, render the cpu repository, start tritonserver on 127.0.0.1:8000/8001/8002, wait ready.
 serve: setup
-	$(BIN)/python -m genguard.server serve --weights $(WEIGHTS) --build $(BUILD) $(foreach c,$(CHECKPOINTS),--checkpoint $(c))
+	$(BIN)/python -m genguard.server serve --weights $(WEIGHTS) --build $(BUILD) $(foreach c,$(CHECKPOINTS),--checkpoint $(c)) \
+		--ort-optimization $(ORT_OPT) --ort-threads $(ORT_THREADS) $(if $(INT8),--int8)
 
 stop:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m genguard.server stop --build $(BUILD); fi
+
+# Benchmarks against a running `make serve` (see benchmarks/README.md).
+bench: setup
+	$(BIN)/python -m genguard.benchmarks.perf --build $(BUILD)
+
+bench-compare: setup
+	$(BIN)/python -m genguard.benchmarks.compare --build $(BUILD)
+
+# Long soak against a running `make serve` (a short one runs in `make test`).
+soak: setup
+	$(BIN)/python -m genguard.benchmarks.soak --minutes 10 --concurrency 16
+
+# GPU-only checks (TensorRT, DALI); each skips with a one-line reason where there is no GPU.
+gpu-check: setup
+	$(BIN)/python -m pytest -m gpu -v -rs
+
+IMAGE ?= genguard-server:latest
+image:
+	docker build -f docker/Dockerfile -t $(IMAGE) .
 
 clean:
 	rm -rf $(BUILD)

@@ -99,8 +99,25 @@ def preprocess_config(inputs: dict[str, specs.InputSpec], max_batch: int, limits
     return config
 
 
-def detector_config(det: ExportedDetector, max_batch: int, intra_op_threads: int = 0,
-                    optimization: str = "all") -> mc.ModelConfig:
+@dataclass(frozen=True)
+class CpuOptions:
+    """ONNX Runtime settings of the cpu target's detectors; off-default ones are speed options whose
+    accuracy cost the benchmarks measure.
+
+    optimization:     ORT graph optimisation level: disable, basic, extended, all.
+    intra_op_threads: 0 = ORT's default (one per physical core).
+    int8:             serve build/onnx/<name>/model.int8.onnx (dynamic INT8 MatMul/Gemm) instead of FP32.
+    """
+
+    optimization: str = "all"
+    intra_op_threads: int = 0
+    int8: bool = False
+
+    def onnx_file(self) -> str:
+        return "model.int8.onnx" if self.int8 else "model.onnx"
+
+
+def detector_config(det: ExportedDetector, max_batch: int, options: CpuOptions = CpuOptions()) -> mc.ModelConfig:
     spec = det.spec
     config = mc.ModelConfig(name=spec.name, backend="python", max_batch_size=max_batch)
     _tensor(config.input, protocol.DETECTOR_INPUT, mc.TYPE_FP32, spec.input.shape)
@@ -109,8 +126,9 @@ def detector_config(det: ExportedDetector, max_batch: int, intra_op_threads: int
                 f"{head.name}_labels.txt" if head.activation == "softmax" else None)
     config.dynamic_batching.max_queue_delay_microseconds = 2000
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
-    _params(config, detector=spec.name, onnx_file="model.onnx", weights=det.weights, checkpoint=det.checkpoint,
-            intra_op_threads=str(intra_op_threads), optimization=optimization)
+    _params(config, detector=spec.name, onnx_file=options.onnx_file(), weights=det.weights,
+            checkpoint=det.checkpoint, intra_op_threads=str(options.intra_op_threads),
+            optimization=options.optimization)
     return config
 
 
@@ -181,7 +199,7 @@ def _write_model(root: Path, config: mc.ModelConfig, files: dict[str, str | Path
     if model_py:
         shutil.copyfile(Path(triton_models.__file__).parent / f"{model_py}.py", folder / "1" / "model.py")
     if onnx:
-        target = folder / "1" / "model.onnx"
+        target = folder / "1" / onnx.name
         if target.is_symlink() or target.exists():
             target.unlink()
         if copy:
@@ -192,7 +210,7 @@ def _write_model(root: Path, config: mc.ModelConfig, files: dict[str, str | Path
 
 def render(target: str, build: Path, out: Path | None = None, *, detectors: list[str] | None = None,
            max_batch: int = DEFAULT_MAX_BATCH, fusion: FusionConfig = FusionConfig(),
-           limits: DecodeLimits = DecodeLimits(), copy: bool = False) -> Path:
+           limits: DecodeLimits = DecodeLimits(), cpu: CpuOptions = CpuOptions(), copy: bool = False) -> Path:
     """Render build/model_repository/<target>/ (or `out`) and return its path.
 
     copy=True copies model.onnx files instead of symlinking them (for images and volumes).
@@ -209,7 +227,11 @@ def render(target: str, build: Path, out: Path | None = None, *, detectors: list
     _write_model(out, preprocess_config(inputs, max_batch, limits), model_py="preprocess")
     for det in dets:
         labels = {f"{h.name}_labels.txt": "\n".join(h.labels) + "\n" for h in det.spec.heads if h.activation == "softmax"}
-        _write_model(out, detector_config(det, max_batch), labels, model_py="detector", onnx=det.onnx, copy=copy)
+        onnx = det.onnx.with_name(cpu.onnx_file())
+        if not onnx.is_file():
+            raise RepositoryError(f"{det.spec.name}: {onnx} is missing (INT8 models come from the benchmarks' "
+                                  "quantisation step)")
+        _write_model(out, detector_config(det, max_batch, cpu), labels, model_py="detector", onnx=onnx, copy=copy)
     post_files = {"sources.txt": "\n".join(source_names(detector_specs)) + "\n"}
     if nsfw_labels(detector_specs):
         post_files["nsfw_levels.txt"] = "\n".join(nsfw_labels(detector_specs)) + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import secrets
 import signal
 import subprocess
 import sys
@@ -30,14 +31,20 @@ class Ports:
 
 
 def server_args(repository: Path | str, *, ports: Ports = Ports(), host: str = HOST, production: bool = False,
-                backend_directory: Path | str | None = None, cache_directory: Path | str | None = None) -> list[str]:
-    """tritonserver flags. production=True closes the model-control and repository APIs."""
+                admin_key: str | None = None, gpu: bool = False, backend_directory: Path | str | None = None,
+                cache_directory: Path | str | None = None) -> list[str]:
+    """tritonserver flags.
+
+    production: restrict the model-repository (load/unload/index) and shared-memory APIs to requests
+    carrying the header `genguard-admin-key: <admin_key>`; with no key given, a random one nobody knows.
+    gpu: report GPU metrics (the GPU targets).
+    """
     args = [
         f"--model-repository={repository}",
         f"--http-address={host}", f"--http-port={ports.http}",
         f"--grpc-address={host}", f"--grpc-port={ports.grpc}",
         f"--metrics-address={host}", f"--metrics-port={ports.metrics}",
-        "--allow-metrics=true", "--allow-gpu-metrics=false",
+        "--allow-metrics=true", f"--allow-gpu-metrics={str(gpu).lower()}",
         "--model-control-mode=none",
         "--disable-auto-complete-config",  # the rendered configs are complete; don't let Triton guess
         "--exit-on-error=true",  # a detector that fails to load stops the server: no silent half-service
@@ -45,8 +52,9 @@ def server_args(repository: Path | str, *, ports: Ports = Ports(), host: str = H
         "--exit-timeout-secs=30",  # graceful shutdown: drain in-flight requests
     ]
     if production:
-        args += ["--http-restricted-api=model-repository,shared-memory:admin-key=",
-                 "--grpc-restricted-protocol=model-repository,shared-memory:admin-key="]
+        key = admin_key or secrets.token_hex(16)
+        restricted = f"model-repository,shared-memory:genguard-admin-key={key}"
+        args += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
     if backend_directory:
         args.append(f"--backend-directory={backend_directory}")
     if cache_directory:
@@ -152,7 +160,7 @@ def _exports_match(build: Path, weights: str) -> bool:
 
 
 def serve(args) -> int:
-    from genguard.export.repository import RepositoryError, render
+    from genguard.export.repository import CpuOptions, RepositoryError, render
 
     build = Path(args.build)
     pidfile, log_file = build / "tritonserver.pid", build / "tritonserver.log"
@@ -171,7 +179,8 @@ def serve(args) -> int:
         if export_main(export_args) != 0:
             return 1
     try:
-        repository = render("cpu", build)
+        cpu = CpuOptions(optimization=args.ort_optimization, intra_op_threads=args.ort_threads, int8=args.int8)
+        repository = render("cpu", build, cpu=cpu)
     except RepositoryError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -204,9 +213,26 @@ def stop(args) -> int:
     return 0
 
 
+def print_args(args) -> int:
+    """The flags, one per line, for images and manifests that start tritonserver themselves."""
+    ports = Ports(args.http_port, args.grpc_port, args.metrics_port)
+    for flag in server_args(args.repository, ports=ports, host=args.host, production=args.production,
+                            admin_key=os.environ.get("GENGUARD_ADMIN_KEY"), gpu=args.gpu):
+        print(flag)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genguard.server")
     sub = parser.add_subparsers(dest="command", required=True)
+    args_p = sub.add_parser("args", help="print the tritonserver flags GenGuard runs with")
+    args_p.add_argument("--repository", required=True)
+    args_p.add_argument("--host", default=HOST)
+    args_p.add_argument("--production", action="store_true",
+                        help="restrict the repository/shared-memory APIs (key from $GENGUARD_ADMIN_KEY, else random)")
+    args_p.add_argument("--gpu", action="store_true", help="GPU targets: report GPU metrics")
+    for flag, default in (("--http-port", HTTP_PORT), ("--grpc-port", GRPC_PORT), ("--metrics-port", METRICS_PORT)):
+        args_p.add_argument(flag, type=int, default=default)
     for name in ("serve", "stop"):
         p = sub.add_parser(name)
         p.add_argument("--build", default="build")
@@ -217,8 +243,11 @@ def main(argv=None) -> int:
     serve_p.add_argument("--grpc-port", type=int, default=GRPC_PORT)
     serve_p.add_argument("--metrics-port", type=int, default=METRICS_PORT)
     serve_p.add_argument("--timeout", type=float, default=300)
+    serve_p.add_argument("--int8", action="store_true", help="serve the INT8 models (speed option)")
+    serve_p.add_argument("--ort-optimization", default="all", choices=("disable", "basic", "extended", "all"))
+    serve_p.add_argument("--ort-threads", type=int, default=0, help="intra-op threads per detector (0: ORT default)")
     args = parser.parse_args(argv)
-    return serve(args) if args.command == "serve" else stop(args)
+    return {"serve": serve, "stop": stop, "args": print_args}[args.command](args)
 
 
 if __name__ == "__main__":
