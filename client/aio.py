@@ -10,7 +10,7 @@ import numpy as np
 from genguard import protocol
 
 from .base import WINDOW_BATCHES, BaseClient, Health
-from .errors import ModelNotReady, RequestRejected, RequestTimeout, ServerUnavailable, not_ready
+from .errors import ModelNotReady, RequestRejected, ServerUnavailable, not_ready
 from .inputs import Loaded, collect, load, split, windows
 from .results import Result
 from .transport import REJECTED, RETRY, TIMEOUT, AsyncTransport, RetryEvent, classify
@@ -55,7 +55,10 @@ class AsyncClient(BaseClient):
             try:
                 return await fn(self._client())
             except Exception as exc:
-                if classify(exc) != RETRY:
+                kind = classify(exc)
+                if kind == TIMEOUT and not infer:  # inference timeouts are the caller's to report
+                    raise self._timed_out() from exc
+                if kind != RETRY:
                     raise
                 if retry == self.policy.retries:
                     raise self._unavailable(lost) from exc
@@ -145,7 +148,7 @@ class AsyncClient(BaseClient):
             if kind == REJECTED:
                 raise RequestRejected(f"GenGuard at {self.url} refused the request: {exc.message()}") from exc
             if kind == TIMEOUT:
-                raise RequestTimeout(f"no answer from GenGuard at {self.url} within {self.timeout:g} s") from exc
+                raise self._timed_out() from exc
             raise
 
     async def is_live(self) -> bool:

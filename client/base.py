@@ -11,7 +11,7 @@ import numpy as np
 
 from genguard import protocol
 
-from .errors import GenGuardError, ServerUnavailable, unreachable
+from .errors import GenGuardError, RequestTimeout, ServerUnavailable, unreachable
 from .inputs import Loaded
 from .results import Result
 from .transport import RetryEvent, RetryPolicy, documents, normalize_url
@@ -79,6 +79,10 @@ class BaseClient:
 
     def _unavailable(self, lost: bool) -> ServerUnavailable:
         return ServerUnavailable(unreachable(self.url, self.protocol, self.policy.retries + 1, lost))
+
+    def _timed_out(self) -> RequestTimeout:
+        return RequestTimeout(f"no answer from GenGuard at {self.url} ({self.protocol}) within {self.timeout:g} s: "
+                              "is the server overloaded or stuck? check `genguard health`, or raise --timeout")
 
     def _set_max_batch(self, config: dict) -> None:
         self._max_batch = int(config.get("max_batch_size", 0))

@@ -13,7 +13,7 @@ import numpy as np
 from genguard import protocol
 
 from .base import WINDOW_BATCHES, BaseClient, Health
-from .errors import ModelNotReady, RequestRejected, RequestTimeout, ServerUnavailable, not_ready
+from .errors import ModelNotReady, RequestRejected, ServerUnavailable, not_ready
 from .inputs import Loaded, collect, load, split, windows
 from .results import Result
 from .transport import REJECTED, RETRY, TIMEOUT, RetryEvent, Transport, classify
@@ -83,7 +83,10 @@ class Client(BaseClient):
                 with self._lease() as transport:
                     return fn(transport)
             except Exception as exc:
-                if classify(exc) != RETRY:
+                kind = classify(exc)
+                if kind == TIMEOUT and not infer:  # inference timeouts are the caller's to report
+                    raise self._timed_out() from exc
+                if kind != RETRY:
                     raise
                 if retry == self.policy.retries:
                     raise self._unavailable(lost) from exc
@@ -186,7 +189,7 @@ class Client(BaseClient):
             if kind == REJECTED:
                 raise RequestRejected(f"GenGuard at {self.url} refused the request: {exc.message()}") from exc
             if kind == TIMEOUT:
-                raise RequestTimeout(f"no answer from GenGuard at {self.url} within {self.timeout:g} s") from exc
+                raise self._timed_out() from exc
             raise
 
     def is_live(self) -> bool:

@@ -16,6 +16,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from genguard.specs import InputSpec
 
+# Above this many pixels, a shorter-side resize only computes its center crop (see prepare()).
+MAX_INTERMEDIATE_PIXELS = 16_000_000
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 # transformers' SiglipImageProcessor rescale_factor as its config stores it (1/255 in float64).
 _TRANSFORMERS_RESCALE = 1 / 255
@@ -51,7 +53,8 @@ def encoded_extent(data: bytes) -> bytes:
 
     Padding would otherwise hide truncation: libjpeg reads the zeros as entropy data and returns a
     garbage image without error. So check each format's own end marker or declared size first.
-    TIFF has neither; its truncation is left to the decoder.
+    TIFF and GIF have neither a reliable end marker nor a declared size; their truncation is left to
+    the decoder.
     """
     content = data.rstrip(b"\0")
     if content[:3] == b"\xff\xd8\xff":
@@ -75,10 +78,6 @@ def encoded_extent(data: bytes) -> bytes:
         if size and len(data) < size:
             raise ImageRejected("truncated", f"BMP is truncated: {len(data)} of {size} bytes")
         return data[:size] if size else content
-    if content[:4] in (b"GIF8",):
-        if not content.endswith(b"\x3b"):
-            raise ImageRejected("truncated", "GIF is truncated: no trailer")
-        return content
     return data
 
 
@@ -174,9 +173,17 @@ def prepare(rgb: Image.Image, spec: InputSpec) -> np.ndarray:
             new_size = shorter_side_size(rgb.width, rgb.height, scale_h)
         else:
             new_size = (scale_w, scale_h)
-        resized = rgb.resize(new_size, resample)
-        left, top = center_crop_box(*resized.size, out_w, out_h)
-        pixels = np.asarray(resized, dtype=np.uint8)[top : top + out_h, left : left + out_w]
+        left, top = center_crop_box(*new_size, out_w, out_h)
+        if new_size[0] * new_size[1] <= MAX_INTERMEDIATE_PIXELS:
+            resized = rgb.resize(new_size, resample)
+            pixels = np.asarray(resized, dtype=np.uint8)[top : top + out_h, left : left + out_w]
+        else:
+            # Extreme aspect ratios (1x10000 -> 256x2560000) would make the reference allocate gigabytes.
+            # Resample only the crop: Pillow's box resize with the same scale (not bit-exact: float rounding
+            # of the box can move a pixel by one level).
+            sx, sy = rgb.width / new_size[0], rgb.height / new_size[1]
+            box = (left * sx, top * sy, (left + out_w) * sx, (top + out_h) * sy)
+            pixels = np.asarray(rgb.resize((out_w, out_h), resample, box=box), dtype=np.uint8)
     chw = pixels.transpose(2, 0, 1)
     mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(spec.std, dtype=np.float32)[:, None, None]

@@ -309,20 +309,23 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     assert marker.exists()
 
 
-def _python_sources() -> list[Path]:
+def _python_sources() -> tuple[set[Path], list[Path]]:
     """genguard, genguard.export, genguard.client, and every other .py in the repository but tests."""
     root = Path(genguard.__file__).resolve().parents[1]
     # package folders found without importing them (client/ needs no torch, export/ needs no client)
     roots = {Path(loc).resolve() for pkg in ("genguard", "genguard.export", "genguard.client")
              for loc in importlib.util.find_spec(pkg).submodule_search_locations}
-    skip = {"tests", "build", ".venv", ".git", "node_modules"}
-    others = [p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts)
-              and not any(part.endswith(".egg-info") for part in p.parts)]
-    return sorted({p for r in roots for p in r.rglob("*.py")} | set(others))
+    skip = {"tests", "build", ".venv", ".git", "node_modules", ".hypothesis", ".pytest_cache"}
+    others = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in skip and not d.endswith(".egg-info")]
+        others += [Path(folder) / f for f in files if f.endswith(".py")]
+    return roots, sorted({p for r in roots for p in r.rglob("*.py")} | set(others))
 
 
 def test_no_trust_remote_code_and_only_safe_torch_load():
-    sources = _python_sources()
+    roots, sources = _python_sources()
+    assert len(roots) == 3 and all(any(p.is_relative_to(r) for p in sources) for r in roots)
     assert any(p.name == "checkpoints.py" for p in sources)
     for path in sources:
         text = path.read_text()

@@ -1,0 +1,238 @@
+"""`genguard detect` and `genguard health`: a thin shell over genguard.client.Client."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import sys
+from typing import TextIO
+
+from .errors import GenGuardError, ModelNotReady, RequestTimeout, ServerUnavailable
+from .inputs import Item, collect
+from .results import Result, hive_view
+from .sync import Client
+from .transport import DEFAULT_PORTS, HOST, normalize_url
+
+EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
+HANDFUL = 5  # more images than this get a progress bar
+
+EXIT_CODES = f"""exit status:
+  {EXIT_OK}  every image was answered
+  {EXIT_USAGE}  usage error (bad arguments)
+  {EXIT_UNAVAILABLE}  server unreachable, connection lost after retries, or model not ready
+  {EXIT_FAILED}  some images failed (unreadable, not an image, refused, timed out): their rows say why
+  {EXIT_OTHER}  anything else (an unexpected error)
+"""
+
+CSV_COLUMNS = ("index", "name", "status", "is_ai_generated", "verdict", "source", "nsfw_level",
+               "width", "height", "format", "error_reason", "error_message")
+
+
+def _threshold(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"threshold must be in [0, 1], not {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument("--url", default=None,
+                            help=f"host:port of GenGuard (default {HOST}:{DEFAULT_PORTS['grpc']} for grpc, "
+                                 f"{HOST}:{DEFAULT_PORTS['http']} for http)")
+    connection.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="default: grpc")
+    connection.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    connection.add_argument("--retries", type=int, default=3,
+                            help="retries on connection loss / UNAVAILABLE, with exponential backoff (default 3)")
+
+    parser = argparse.ArgumentParser(prog="genguard", description="Detect AI-generated images with a GenGuard server.",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    detect = sub.add_parser("detect", parents=[connection], epilog=EXIT_CODES,
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            help="answer for each image: AI-generated?, likely source, NSFW level",
+                            description="Send images to GenGuard; one output row per image, in argument order "
+                                        "(directories and globs expand sorted).")
+    detect.add_argument("paths", nargs="+", metavar="PATH",
+                        help="image file, directory, glob ('shots/*.jpg'), or - for image bytes on stdin")
+    detect.add_argument("-r", "--recursive", action="store_true", help="descend into sub-directories")
+    detect.add_argument("--format", choices=("table", "jsonl", "csv", "hive"), default="table",
+                        help="table (default), jsonl (the full per-image answer), csv, or hive (Hive NIM JSON)")
+    detect.add_argument("--threshold", type=_threshold, default=None,
+                        help="verdict threshold on is_ai_generated, applied here (default: the server's verdict)")
+    detect.add_argument("--batch-size", type=_positive, default=None,
+                        help="images per request (default and cap: the server's max_batch_size)")
+    detect.add_argument("--concurrency", type=_positive, default=2, help="requests in flight (default 2)")
+    detect.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sub.add_parser("health", parents=[connection], epilog=EXIT_CODES,
+                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                   help="is the server live and ready, and each model loaded?")
+    return parser
+
+
+def _expand(paths: list[str], parser: argparse.ArgumentParser, stdin) -> list:
+    """Arguments -> inputs: globs expanded (sorted) when they aren't literal paths, - read from stdin."""
+    inputs: list = []
+    if paths.count("-") > 1:
+        parser.error("- (stdin) can be given only once")
+    for path in paths:
+        if path == "-":
+            data = stdin.buffer.read()
+            inputs.append(Item(0, "-", lambda data=data: data))
+        elif glob.has_magic(path) and not os.path.exists(path):
+            # A pattern that matches nothing stays as it is and is reported as not found.
+            inputs.extend(sorted(glob.glob(path, recursive=True)) or [path])
+        else:
+            inputs.append(path)
+    return inputs
+
+
+def _row(result: Result, threshold: float | None) -> dict:
+    verdict = result.verdict_at(threshold) if threshold is not None else result.verdict
+    image = result.image
+    return {
+        "index": result.index, "name": result.name, "status": result.status,
+        "is_ai_generated": "" if result.is_ai_generated is None else f"{result.is_ai_generated:.6f}",
+        "verdict": verdict or "", "source": result.source or "",
+        "nsfw_level": result.nsfw.level if result.nsfw else "",
+        "width": image.width if image else "", "height": image.height if image else "",
+        "format": image.format if image else "",
+        "error_reason": result.error.reason if result.error else "",
+        "error_message": result.error.message if result.error else "",
+    }
+
+
+def write_table(results: list[Result], threshold: float | None, out: TextIO) -> None:
+    header = ("#", "INPUT", "STATUS", "VERDICT", "P(AI)", "SOURCE", "NSFW")
+    rows = []
+    for r in results:
+        row = _row(r, threshold)
+        if r.ok:
+            rows.append((str(r.index), r.name, r.status, row["verdict"], f"{r.is_ai_generated:.3f}", row["source"],
+                         row["nsfw_level"] or "-"))
+        else:
+            rows.append((str(r.index), r.name, r.status, f"{row['error_reason']}: {row['error_message']}"))
+    widths = [max([len(header[i])] + [len(row[i]) for row in rows if len(row) > i + 1]) for i in range(len(header))]
+
+    def line(cells) -> str:
+        # A failure's last cell (the error) runs on past the columns it would otherwise fill.
+        return "  ".join(c.ljust(widths[i]) if i < len(cells) - 1 else c for i, c in enumerate(cells)).rstrip()
+
+    print(line(header), file=out)
+    for row in rows:
+        print(line(row), file=out)
+
+
+def write_results(results: list[Result], fmt: str, threshold: float | None, out: TextIO) -> None:
+    if fmt == "table":
+        write_table(results, threshold, out)
+    elif fmt == "jsonl":
+        for r in results:
+            print(json.dumps(r.to_dict(threshold)), file=out)
+    elif fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(_row(r, threshold) for r in results)
+    else:
+        print(json.dumps(hive_view(results)), file=out)
+
+
+def _warn_once(results: list[Result], err: TextIO) -> None:
+    seen: list[str] = []
+    for r in results:
+        seen += [w for w in r.warnings if w not in seen]
+    for warning in seen:
+        print(f"genguard: WARNING from the server: {warning}", file=err)
+
+
+def _client(args, **kwargs) -> Client:
+    return Client(args.url, protocol=args.protocol, timeout=args.timeout, retries=args.retries, **kwargs)
+
+
+def detect(args, parser: argparse.ArgumentParser) -> int:
+    from tqdm import tqdm
+
+    items = collect(_expand(args.paths, parser, sys.stdin), recursive=args.recursive)
+    if not items:
+        print("genguard: no images found in the given directories", file=sys.stderr)
+        return EXIT_FAILED
+    bar = tqdm(total=len(items), unit="img", file=sys.stderr, disable=args.no_progress or len(items) <= HANDFUL,
+               desc="genguard")
+    try:
+        with _client(args, batch_size=args.batch_size, concurrency=args.concurrency) as client:
+            results = client.detect(items, on_progress=lambda done, total: bar.update(done - bar.n))
+    except ServerUnavailable as exc:
+        bar.close()
+        answered = f" ({len(exc.partial)} of {len(items)} images were answered before that)" if exc.partial else ""
+        print(f"genguard: {exc}{answered}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except (ModelNotReady, RequestTimeout) as exc:
+        bar.close()
+        print(f"genguard: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    bar.close()
+    _warn_once(results, sys.stderr)
+    write_results(results, args.format, args.threshold, sys.stdout)
+    failed = sum(not r.ok for r in results)
+    if failed:
+        print(f"genguard: {failed} of {len(results)} images failed (see their rows)", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def health(args) -> int:
+    try:
+        with _client(args) as client:
+            status = client.health()
+    except (ServerUnavailable, RequestTimeout) as exc:
+        print(f"genguard: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    yes = {True: "yes", False: "NO"}
+    print(f"GenGuard at {status.url} ({status.protocol}): live {yes[status.live]}, ready {yes[status.ready]}")
+    width = max(len(name) for name in status.models)
+    for name, ready in status.models.items():
+        print(f"  {name.ljust(width)}  {'ready' if ready else 'NOT READY'}")
+    random = sorted(d for d, w in status.weights.items() if w == "random")
+    if random:
+        print(f"genguard: WARNING: {', '.join(random)} run random weights: their scores are meaningless",
+              file=sys.stderr)
+    if not status.ok:
+        print("genguard: the server is not ready: wait for its models to load, or read its log", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.timeout <= 0 or args.retries < 0:
+        parser.error("--timeout must be > 0 and --retries >= 0")
+    try:
+        normalize_url(args.url, args.protocol)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        return detect(args, parser) if args.command == "detect" else health(args)
+    except GenGuardError as exc:  # not one of the documented cases: say so rather than dump a trace
+        print(f"genguard: {exc}", file=sys.stderr)
+        return EXIT_OTHER
+    except KeyboardInterrupt:
+        print("genguard: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
