@@ -19,13 +19,24 @@ from genguard.export.checkpoints import RANDOM_WARNING, CheckpointMismatch, writ
 from genguard.export.onnx_export import export_detector
 
 
+class UsageError(ValueError):
+    """A bad command line: reported in one line, exit status 2."""
+
+
+def _spec(name: str) -> specs.DetectorSpec:
+    try:
+        return specs.get(name)
+    except KeyError as exc:
+        raise UsageError(exc.args[0]) from None
+
+
 def _pairs(values: list[str], what: str) -> dict[str, str]:
     pairs = {}
     for value in values:
         name, sep, rest = value.partition("=")
         if not sep or not rest:
-            raise SystemExit(f"--{what} expects NAME=VALUE, got {value!r}")
-        specs.get(name)  # unknown names fail here, with the list of known ones
+            raise UsageError(f"--{what} expects NAME=VALUE, got {value!r}")
+        _spec(name)
         pairs[name] = rest
     return pairs
 
@@ -46,13 +57,18 @@ def parse_args(argv=None):
 
 def selected_specs(args) -> list[specs.DetectorSpec]:
     checkpoints = _pairs(args.checkpoint, "checkpoint")
-    chosen = [specs.get(n) for n in args.detectors.split(",") if n] or list(specs.DETECTORS.values())
+    chosen = [_spec(n) for n in args.detectors.split(",") if n] or list(specs.DETECTORS.values())
     if not args.detectors and args.weights == "real":
         chosen = [s for s in chosen if not s.optional or s.name in checkpoints]
     for name, value in _pairs(args.labels, "labels").items():
         head, _, labels = value.partition(":")
-        i = next(i for i, s in enumerate(chosen) if s.name == name)
-        chosen[i] = specs.with_labels(chosen[i], head, tuple(labels.split(",")))
+        index = next((i for i, s in enumerate(chosen) if s.name == name), None)
+        if index is None:
+            raise UsageError(f"--labels {name}=...: {name} is not among the detectors being exported")
+        try:
+            chosen[index] = specs.with_labels(chosen[index], head, tuple(labels.split(",")))
+        except (KeyError, ValueError) as exc:
+            raise UsageError(f"--labels {value!r}: {exc}") from None
     return chosen
 
 
@@ -60,12 +76,17 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("genguard").setLevel(logging.INFO)
     args = parse_args(argv)
-    checkpoints = _pairs(args.checkpoint, "checkpoint")
+    try:
+        checkpoints = _pairs(args.checkpoint, "checkpoint")
+        chosen = selected_specs(args)
+    except UsageError as exc:
+        print(f"python -m genguard.export: error: {exc}", file=sys.stderr)
+        return 2
     results, failed = [], []
     if args.weights == "random":
         print("\n" + "!" * 100 + "\n" + RANDOM_WARNING.format(name="every detector") + "\n" + "!" * 100 + "\n",
               file=sys.stderr)
-    for spec in selected_specs(args):
+    for spec in chosen:
         if args.weights == "random":
             source = write_random_checkpoint(spec, args.build / "checkpoints" / spec.name, tiny=args.tiny)
         else:
@@ -75,8 +96,9 @@ def main(argv=None) -> int:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", category=UserWarning)  # the random marker is already loud
                 results.append(export_detector(spec, source, args.build / "onnx"))
-        except (CheckpointMismatch, RuntimeError, OSError) as exc:
-            print(f"FAILED {spec.name}: {exc}", file=sys.stderr)
+        except Exception as exc:  # one detector's bad checkpoint fails it alone; the others still export
+            kind = "" if isinstance(exc, (CheckpointMismatch, RuntimeError, OSError)) else f"{type(exc).__name__}: "
+            print(f"FAILED {spec.name}: {kind}{exc}", file=sys.stderr)
             failed.append(spec.name)
     print_table(results)
     if failed:

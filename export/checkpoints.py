@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import warnings
 from pathlib import Path
 
@@ -89,8 +90,8 @@ def load(spec: DetectorSpec, source: str | Path | None = None) -> HeadsModule:
     source = source if source is not None else spec.source
     if source is None:
         raise CheckpointMismatch(
-            f"{spec.name} has no public checkpoint: pass a local path "
-            f"(CHECKPOINTS='{spec.name}=/path/to/checkpoint') or use WEIGHTS=random"
+            f"{spec.name} has no public checkpoint: pass a local path (--checkpoint {spec.name}=/path, "
+            f"or make export CHECKPOINTS='{spec.name}=/path') or use random weights (WEIGHTS=random)"
         )
     if is_random(source):
         warnings.warn(RANDOM_WARNING.format(name=spec.name), stacklevel=2)
@@ -100,9 +101,7 @@ def load(spec: DetectorSpec, source: str | Path | None = None) -> HeadsModule:
         "torchvision_state_dict": _load_torchvision_state_dict,
         "two_head_state_dict": _load_two_head,
     }[spec.format]
-    model = loader(spec, str(source))
-    model.eval()
-    return HeadsModule(model, spec)
+    return HeadsModule(loader(spec, str(source)), spec).eval()
 
 
 def _check_labels(spec: DetectorSpec, declared) -> None:
@@ -122,13 +121,16 @@ def _check_labels(spec: DetectorSpec, declared) -> None:
 def _check_data_config(spec: DetectorSpec, data_config: dict) -> None:
     """timm's resolved data config of the checkpoint must be the spec's input."""
     want = spec.input
-    mode = "squash" if data_config.get("crop_mode") == "squash" else "shorter_crop"
+    crop_mode = data_config.get("crop_mode", "center")
+    if crop_mode not in ("squash", "center"):
+        raise CheckpointMismatch(f"{spec.name}: checkpoint crop_mode {crop_mode!r} is not supported (squash, center)")
+    mode = "squash" if crop_mode == "squash" else "shorter_crop"
     got = {
         "size": tuple(data_config["input_size"][1:]),
         "interpolation": data_config["interpolation"],
         "mean": tuple(round(m, 8) for m in data_config["mean"]),
         "std": tuple(round(s, 8) for s in data_config["std"]),
-        "crop_pct": data_config["crop_pct"] if mode == "shorter_crop" else 1.0,
+        "crop_pct": data_config["crop_pct"],
         "resize": mode,
     }
     expected = {
@@ -136,7 +138,7 @@ def _check_data_config(spec: DetectorSpec, data_config: dict) -> None:
         "interpolation": want.interpolation,
         "mean": tuple(round(m, 8) for m in want.mean),
         "std": tuple(round(s, 8) for s in want.std),
-        "crop_pct": want.crop_pct if want.resize == "shorter_crop" else 1.0,
+        "crop_pct": want.crop_pct,
         "resize": want.resize,
     }
     diff = {k: (got[k], expected[k]) for k in got if got[k] != expected[k]}
@@ -195,6 +197,8 @@ def check_siglip_processor(spec: DetectorSpec, source: str) -> None:
         "mean": tuple(proc.image_mean),
         "std": tuple(proc.image_std),
         "rescale_factor": proc.rescale_factor,
+        "steps": tuple(bool(getattr(proc, f"do_{step}")) for step in ("resize", "rescale", "normalize")),
+        "do_center_crop": bool(getattr(proc, "do_center_crop", False)),
     }
     want = {
         "size": spec.input.size,
@@ -202,6 +206,8 @@ def check_siglip_processor(spec: DetectorSpec, source: str) -> None:
         "mean": spec.input.mean,
         "std": spec.input.std,
         "rescale_factor": 1 / 255,
+        "steps": (True, True, True),
+        "do_center_crop": False,
     }
     diff = {k: (got[k], want[k]) for k in got if got[k] != want[k]}
     if diff:
@@ -234,7 +240,14 @@ def _read_state_dict(path: Path) -> dict:
         from safetensors.torch import load_file
 
         return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses anything but tensors and plain containers: a pickle that would run code
+        raise CheckpointMismatch(
+            f"{path}: refused: not a plain state dict (the pickle asks for {str(exc).splitlines()[-1][:200]!r}); "
+            "GenGuard never unpickles arbitrary objects"
+        ) from None
     for key in ("state_dict", "model_state_dict", "model"):  # common training-loop wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -264,16 +277,19 @@ def _load_strict(spec: DetectorSpec, model: nn.Module, state: dict, heads: dict[
             raise CheckpointMismatch(
                 f"{spec.name}: checkpoint head {key} has {state[key].shape[0]} outputs, spec expects {expected}"
             )
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    expected_keys = model.state_dict()
+    missing = [k for k in expected_keys if k not in state]
+    unexpected = [k for k in state if k not in expected_keys]
+    if missing or unexpected:
         raise CheckpointMismatch(
             f"{spec.name}: checkpoint does not match {spec.architecture}: "
-            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    shapes = {k: v.shape for k, v in model.state_dict().items()}
-    wrong = [k for k, v in state.items() if shapes[k] != v.shape]
+    wrong = [f"{k} {tuple(v.shape)} != {tuple(expected_keys[k].shape)}"
+             for k, v in state.items() if v.shape != expected_keys[k].shape]
     if wrong:
         raise CheckpointMismatch(f"{spec.name}: tensor shapes differ from {spec.architecture}: {wrong[:5]}")
+    model.load_state_dict(state, strict=True)
     return model
 
 

@@ -137,6 +137,11 @@ def stop_pid(pid: int, timeout: float = 40) -> bool:
         return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        try:  # reap it if it is our child: an exited but unreaped child still "exists" for kill(0)
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            pass
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:

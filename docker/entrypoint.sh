@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# GenGuard server image entrypoint: build the TensorRT engines this GPU lacks, refuse plans that don't
+# belong here, then run tritonserver with GenGuard's flags (genguard.server args, the one source).
+#
+#   GENGUARD_TARGET        tensorrt (default), onnx-gpu or cpu: which rendered repository under /models
+#   GENGUARD_REPOSITORY    rendered repository (default /models/$GENGUARD_TARGET)
+#   GENGUARD_ENGINE_CACHE  engine cache, keyed by GPU, TensorRT and ONNX (default /engine-cache)
+#   GENGUARD_ADMIN_KEY     key for the restricted model-repository/shared-memory APIs (else random)
+#
+# Any other command is run as given, e.g. a Kubernetes init container:
+#   python -m genguard.export.tensorrt build --repository /models/tensorrt --cache /engine-cache
+set -euo pipefail
+
+if [[ $# -gt 0 && "$1" != "serve" ]]; then
+    exec "$@"
+fi
+
+TARGET="${GENGUARD_TARGET:-tensorrt}"
+REPOSITORY="${GENGUARD_REPOSITORY:-/models/$TARGET}"
+GPU_FLAG=(--gpu)
+[[ "$TARGET" == cpu ]] && GPU_FLAG=()  # cpu target: python-backend detectors on ONNX Runtime CPU
+CACHE="${GENGUARD_ENGINE_CACHE:-/engine-cache}"
+
+if [[ ! -f "$REPOSITORY/genguard/config.pbtxt" ]]; then
+    echo "genguard: no rendered repository at $REPOSITORY (make repository TARGET=$TARGET, copy it with" \
+         "--copy, mount it there or set GENGUARD_REPOSITORY)" >&2
+    exit 64
+fi
+mkdir -p "$CACHE"
+# onnx-gpu: ONNX Runtime's TensorRT EP caches engines in <cache>/onnxruntime/<detector> (the repository's
+# default --ort-cache); create the folders it writes to.
+for model in "$REPOSITORY"/*/; do
+    if [[ -f "$model/1/model.onnx" ]]; then mkdir -p "$CACHE/onnxruntime/$(basename "$model")"; fi
+done
+
+# tensorrt target: each detector carries onnx/engine.json. `build` also checks every plan's keys
+# (compute capability, TensorRT version, ONNX sha256) against this machine and fails on a mismatch.
+if compgen -G "$REPOSITORY/*/onnx/engine.json" >/dev/null; then
+    python3 -m genguard.export.tensorrt build --repository "$REPOSITORY" --cache "$CACHE"
+fi
+
+FLAGS="$(python3 -m genguard.server args --repository "$REPOSITORY" --host 0.0.0.0 --production "${GPU_FLAG[@]}")"
+mapfile -t SERVER_ARGS <<<"$FLAGS"
+exec tritonserver "${SERVER_ARGS[@]}"
