@@ -7,6 +7,15 @@ is checked by the schema. Layout (target cpu), under build/model_repository/cpu/
   <detector>/   python backend running 1/model.onnx on ONNX Runtime (CPU), one per exported detector
   postprocess/  python backend: head logits -> fused per-image answer (JSON + numeric tensors)
   genguard/     the ensemble clients call: preprocess -> detectors (in parallel) -> postprocess
+
+The GPU targets (onnx-gpu, tensorrt; NGC tritonserver container) keep the ensemble's name, input and
+outputs, and postprocess; they differ in:
+
+  validate/     python backend (CPU): header checks; refused images become a placeholder + FAILURE info
+  preprocess/   DALI backend: 1/dali.py (autoserialized by the server) + 1/pipeline.json, GPU decode/resize
+  <detector>/   onnx-gpu: platform onnxruntime_onnx on KIND_GPU with the TensorRT execution accelerator;
+                tensorrt: platform tensorrt_plan, CUDA graphs, onnx/{model.onnx,engine.json} from which
+                `python -m genguard.export.tensorrt build` makes 1/model.plan on the serving GPU
 """
 
 from __future__ import annotations
@@ -26,8 +35,10 @@ from genguard.fusion import FusionConfig, nsfw_labels, source_names
 from genguard.preprocess import DecodeLimits
 from genguard.specs import DetectorSpec
 
-TARGETS = ("cpu",)
+TARGETS = ("cpu", "onnx-gpu", "tensorrt")
+GPU_TARGETS = ("onnx-gpu", "tensorrt")
 DEFAULT_MAX_BATCH = 16
+VALIDATE = "validate"  # the GPU targets' first step (python backend) before the DALI preprocess
 
 
 class RepositoryError(RuntimeError):
@@ -162,18 +173,32 @@ def output_tensors(detector_specs: list[DetectorSpec]):
     return outputs
 
 
-def ensemble_config(dets: list[ExportedDetector], inputs: dict[str, specs.InputSpec], max_batch: int) -> mc.ModelConfig:
+def ensemble_config(dets: list[ExportedDetector], inputs: dict[str, specs.InputSpec], max_batch: int,
+                    *, validate: bool = False) -> mc.ModelConfig:
+    """The `genguard` ensemble. validate=True (GPU targets): IMAGE -> validate -> (ENCODED -> DALI
+    preprocess, IMAGE_INFO -> postprocess); the client-facing input and outputs are the same."""
     config = mc.ModelConfig(name=protocol.ENSEMBLE, platform="ensemble", max_batch_size=max_batch)
     _tensor(config.input, protocol.INPUT, mc.TYPE_UINT8, [-1])
     outputs = output_tensors([d.spec for d in dets])
     for name, dtype, dims, labels in outputs:
         _tensor(config.output, name, dtype, dims, labels)
     steps = config.ensemble_scheduling.step
-    pre = steps.add(model_name=protocol.PREPROCESS, model_version=-1)
-    pre.input_map[protocol.INPUT] = protocol.INPUT
+    if validate:
+        from genguard.export.dali import DALI_INPUT
+
+        check = steps.add(model_name=VALIDATE, model_version=-1)
+        check.input_map[protocol.INPUT] = protocol.INPUT
+        check.output_map[DALI_INPUT] = DALI_INPUT
+        check.output_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
+        pre = steps.add(model_name=protocol.PREPROCESS, model_version=-1)
+        pre.input_map[DALI_INPUT] = DALI_INPUT
+    else:
+        pre = steps.add(model_name=protocol.PREPROCESS, model_version=-1)
+        pre.input_map[protocol.INPUT] = protocol.INPUT
     for name in inputs:
         pre.output_map[protocol.pixels_tensor(name)] = protocol.pixels_tensor(name)
-    pre.output_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
+    if not validate:
+        pre.output_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
     post = mc.ModelEnsembling.Step(model_name=protocol.POSTPROCESS, model_version=-1)
     post.input_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
     for det in dets:
@@ -208,12 +233,196 @@ def _write_model(root: Path, config: mc.ModelConfig, files: dict[str, str | Path
             os.symlink(onnx, target)
 
 
+# ---------------------------------------------------------------------------------------------------
+# GPU targets (onnx-gpu, tensorrt): NGC tritonserver container
+
+
+@dataclass(frozen=True)
+class GpuOptions:
+    """Settings of the GPU targets' models.
+
+    instances:        model instances per GPU for each detector (instance_group KIND_GPU).
+    gpus:             GPU ids for the detectors and DALI (empty: every GPU the server sees).
+    opt_batch:        TensorRT profile's opt batch (0: max_batch_size, for throughput under load).
+    queue_delay_us:   dynamic batcher's max queue delay.
+    verify:           validate step: "header" (header checks only) or "decode" (also a full Pillow decode
+                      per image: closes the corrupt-payload hole at a CPU cost; see genguard/export/dali.py).
+    dali_threads:     DALI CPU threads (decode of PNG/WebP, argument computation).
+    ort_cache:        onnx-gpu: where ONNX Runtime's TensorRT EP keeps its engines and timing cache.
+    workspace_mib:    TensorRT builder workspace.
+    """
+
+    instances: int = 1
+    gpus: tuple[int, ...] = ()
+    opt_batch: int = 0
+    queue_delay_us: int = 2000
+    verify: str = "header"
+    dali_threads: int = 4
+    ort_cache: str = "/engine-cache/onnxruntime"
+    workspace_mib: int = 4096
+
+
+def _gpu_group(config: mc.ModelConfig, count: int, gpus: tuple[int, ...]) -> None:
+    group = config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=count)
+    group.gpus.extend(gpus)
+
+
+def _batch_sizes(max_batch: int) -> list[int]:
+    """1, 2, 4, ... up to max_batch, and max_batch itself: the dynamic batcher's preferred sizes and
+    the CUDA graphs captured for them."""
+    sizes, size = [], 1
+    while size < max_batch:
+        sizes.append(size)
+        size *= 2
+    return sizes + [max_batch]
+
+
+def _detector_warmup(config: mc.ModelConfig, spec: DetectorSpec, max_batch: int) -> None:
+    """Warm-up requests at batch 1 and max_batch: the model is READY only after both ran (TensorRT:
+    context + CUDA graphs; ONNX Runtime's TensorRT EP: its engine build)."""
+    for batch in sorted({1, max_batch}):
+        sample = config.model_warmup.add(name=f"random_batch_{batch}", batch_size=batch)
+        sample.inputs[protocol.DETECTOR_INPUT].data_type = mc.TYPE_FP32
+        sample.inputs[protocol.DETECTOR_INPUT].dims.extend(spec.input.shape)
+        sample.inputs[protocol.DETECTOR_INPUT].random_data = True
+
+
+def _gpu_detector_base(det: ExportedDetector, max_batch: int, gpu: GpuOptions) -> mc.ModelConfig:
+    spec = det.spec
+    config = mc.ModelConfig(name=spec.name, max_batch_size=max_batch)
+    _tensor(config.input, protocol.DETECTOR_INPUT, mc.TYPE_FP32, spec.input.shape)
+    for head in spec.heads:
+        _tensor(config.output, head.name, mc.TYPE_FP32, [head.num_logits],
+                f"{head.name}_labels.txt" if head.activation == "softmax" else None)
+    config.dynamic_batching.max_queue_delay_microseconds = gpu.queue_delay_us
+    config.dynamic_batching.preferred_batch_size.extend(_batch_sizes(max_batch))
+    _gpu_group(config, gpu.instances, gpu.gpus)
+    _detector_warmup(config, spec, max_batch)
+    _params(config, detector=spec.name, weights=det.weights, checkpoint=det.checkpoint)
+    return config
+
+
+def engine_recipe(det: ExportedDetector, max_batch: int, gpu: GpuOptions = GpuOptions()):
+    """The TensorRT build recipe for one detector: profile min 1 / opt / max == max_batch_size."""
+    from genguard.export.tensorrt import Recipe, precision_for
+
+    return Recipe(detector=det.spec.name, input=protocol.DETECTOR_INPUT, shape=tuple(det.spec.input.shape),
+                  max_batch=max_batch, opt_batch=gpu.opt_batch or max_batch,
+                  precision=precision_for(det.spec.name), workspace_mib=gpu.workspace_mib)
+
+
+def tensorrt_detector_config(det: ExportedDetector, max_batch: int, gpu: GpuOptions = GpuOptions()) -> mc.ModelConfig:
+    config = _gpu_detector_base(det, max_batch, gpu)
+    config.platform = "tensorrt_plan"
+    cuda = config.optimization.cuda
+    cuda.graphs = True
+    for batch in _batch_sizes(max_batch):
+        graph = cuda.graph_spec.add(batch_size=batch)
+        graph.input[protocol.DETECTOR_INPUT].dim.extend(det.spec.input.shape)
+    recipe = engine_recipe(det, max_batch, gpu)
+    _params(config, precision=recipe.precision)
+    return config
+
+
+def onnx_gpu_detector_config(det: ExportedDetector, max_batch: int, gpu: GpuOptions = GpuOptions()) -> mc.ModelConfig:
+    """ONNX Runtime on CUDA with its TensorRT execution provider. The backend maps precision_mode to
+    trt_fp16_enable and takes FP32/FP16/INT8 only, so a BF16 detector (Freepik) runs FP32 here."""
+    from genguard.export.tensorrt import precision_for
+
+    config = _gpu_detector_base(det, max_batch, gpu)
+    config.platform = "onnxruntime_onnx"
+    shape = "x".join(str(d) for d in det.spec.input.shape)
+    profile = lambda batch: f"{protocol.DETECTOR_INPUT}:{batch}x{shape}"  # noqa: E731
+    accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+    cache = f"{gpu.ort_cache.rstrip('/')}/{det.spec.name}"
+    accelerator.parameters.update({
+        "precision_mode": "FP16" if precision_for(det.spec.name) == "fp16" else "FP32",
+        "max_workspace_size_bytes": str(gpu.workspace_mib << 20),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_path": cache,
+        # one engine for every batch size (without a profile ORT rebuilds when a larger batch arrives)
+        "trt_profile_min_shapes": profile(1),
+        "trt_profile_opt_shapes": profile(gpu.opt_batch or max_batch),
+        "trt_profile_max_shapes": profile(max_batch),
+    })
+    return config
+
+
+def validate_config(max_batch: int, limits: DecodeLimits, verify: str = "header") -> mc.ModelConfig:
+    from genguard.export.dali import DALI_INPUT
+
+    config = mc.ModelConfig(name=VALIDATE, backend="python", max_batch_size=max_batch)
+    _tensor(config.input, protocol.INPUT, mc.TYPE_UINT8, [-1])
+    _tensor(config.output, DALI_INPUT, mc.TYPE_UINT8, [-1])
+    _tensor(config.output, protocol.IMAGE_INFO, mc.TYPE_STRING, [1])
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    _params(config, limits=dataclasses.asdict(limits), verify=verify)
+    return config
+
+
+def dali_preprocess_config(inputs: dict[str, specs.InputSpec], max_batch: int, gpu: GpuOptions = GpuOptions(),
+                           warmup_bytes: int | None = None) -> mc.ModelConfig:
+    """The DALI backend's config. Outputs are matched to the pipeline's outputs by position: the order of
+    `inputs`, as in pipeline.json. No dynamic batching, on purpose: a DALI batch is one request, so an
+    image that slips past validate and fails its decode fails only the request that sent it."""
+    from genguard.export.dali import DALI_INPUT
+
+    config = mc.ModelConfig(name=protocol.PREPROCESS, backend="dali", max_batch_size=max_batch)
+    _tensor(config.input, DALI_INPUT, mc.TYPE_UINT8, [-1])
+    for name, spec in inputs.items():
+        _tensor(config.output, protocol.pixels_tensor(name), mc.TYPE_FP32, spec.shape)
+    _gpu_group(config, 1, gpu.gpus)  # DALI backend: more than one instance multiplies its memory
+    _params(config, num_threads=str(gpu.dali_threads))
+    if warmup_bytes:
+        sample = config.model_warmup.add(name="jpeg", batch_size=1)
+        sample.inputs[DALI_INPUT].data_type = mc.TYPE_UINT8
+        sample.inputs[DALI_INPUT].dims.append(warmup_bytes)
+        sample.inputs[DALI_INPUT].input_data_file = "warmup.jpg"
+    return config
+
+
+def _render_gpu(target: str, out: Path, dets: list[ExportedDetector], inputs: dict[str, specs.InputSpec],
+                max_batch: int, limits: DecodeLimits, gpu: GpuOptions, copy: bool) -> None:
+    from genguard.export import dali
+    from genguard.export.tensorrt import ONNX_FOLDER, RECIPE_FILE
+
+    _write_model(out, validate_config(max_batch, limits, gpu.verify), model_py=VALIDATE)
+    warmup = dali.warmup_jpeg()
+    _write_model(out, dali_preprocess_config(inputs, max_batch, gpu, warmup_bytes=len(warmup)))
+    dali.write_model(out / protocol.PREPROCESS, dali.pipeline_parameters(inputs))
+    (out / protocol.PREPROCESS / "warmup").mkdir(exist_ok=True)
+    (out / protocol.PREPROCESS / "warmup" / "warmup.jpg").write_bytes(warmup)
+    for det in dets:
+        labels = {f"{h.name}_labels.txt": "\n".join(h.labels) + "\n" for h in det.spec.heads if h.activation == "softmax"}
+        if target == "onnx-gpu":
+            _write_model(out, onnx_gpu_detector_config(det, max_batch, gpu), labels, onnx=det.onnx, copy=copy)
+        else:
+            _write_model(out, tensorrt_detector_config(det, max_batch, gpu), labels)
+            source = out / det.spec.name / ONNX_FOLDER
+            source.mkdir()
+            _place(det.onnx, source / "model.onnx", copy)
+            (source / RECIPE_FILE).write_text(engine_recipe(det, max_batch, gpu).to_json() + "\n")
+
+
+def _place(source: Path, target: Path, copy: bool) -> None:
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    if copy:
+        shutil.copyfile(source, target)
+    else:
+        os.symlink(source, target)
+
+
 def render(target: str, build: Path, out: Path | None = None, *, detectors: list[str] | None = None,
            max_batch: int = DEFAULT_MAX_BATCH, fusion: FusionConfig = FusionConfig(),
-           limits: DecodeLimits = DecodeLimits(), cpu: CpuOptions = CpuOptions(), copy: bool = False) -> Path:
+           limits: DecodeLimits = DecodeLimits(), cpu: CpuOptions = CpuOptions(), copy: bool = False,
+           gpu: GpuOptions = GpuOptions()) -> Path:
     """Render build/model_repository/<target>/ (or `out`) and return its path.
 
     copy=True copies model.onnx files instead of symlinking them (for images and volumes).
+    cpu: options of the cpu target; gpu: options of the onnx-gpu and tensorrt targets.
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
@@ -224,8 +433,11 @@ def render(target: str, build: Path, out: Path | None = None, *, detectors: list
     out.mkdir(parents=True)
     inputs = specs.distinct_inputs([d.spec for d in dets])
     detector_specs = [d.spec for d in dets]
-    _write_model(out, preprocess_config(inputs, max_batch, limits), model_py="preprocess")
-    for det in dets:
+    if target in GPU_TARGETS:
+        _render_gpu(target, out, dets, inputs, max_batch, limits, gpu, copy)
+    else:
+        _write_model(out, preprocess_config(inputs, max_batch, limits), model_py="preprocess")
+    for det in dets if target == "cpu" else ():
         labels = {f"{h.name}_labels.txt": "\n".join(h.labels) + "\n" for h in det.spec.heads if h.activation == "softmax"}
         onnx = det.onnx.with_name(cpu.onnx_file())
         if not onnx.is_file():
@@ -236,7 +448,7 @@ def render(target: str, build: Path, out: Path | None = None, *, detectors: list
     if nsfw_labels(detector_specs):
         post_files["nsfw_levels.txt"] = "\n".join(nsfw_labels(detector_specs)) + "\n"
     _write_model(out, postprocess_config(dets, max_batch, fusion), post_files, model_py="postprocess")
-    _write_model(out, ensemble_config(dets, inputs, max_batch), post_files)
+    _write_model(out, ensemble_config(dets, inputs, max_batch, validate=target in GPU_TARGETS), post_files)
     return out
 
 
@@ -252,16 +464,29 @@ def main(argv=None) -> int:
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH)
     parser.add_argument("--fusion", type=Path, default=None, help="JSON file of FusionConfig fields")
     parser.add_argument("--copy", action="store_true", help="copy model.onnx files instead of symlinking")
+    gpu_args = parser.add_argument_group("GPU targets (onnx-gpu, tensorrt)")
+    gpu_args.add_argument("--instances", type=int, default=1, help="instances of each detector per GPU")
+    gpu_args.add_argument("--gpus", default="", help="comma-separated GPU ids (default: all)")
+    gpu_args.add_argument("--opt-batch", type=int, default=0, help="TensorRT profile opt batch (default: max)")
+    gpu_args.add_argument("--verify", choices=("header", "decode"), default="header",
+                          help="validate step: header checks only, or also a full CPU decode per image")
+    gpu_args.add_argument("--ort-cache", default=GpuOptions.ort_cache, help="onnx-gpu: ORT TensorRT EP engine cache")
     args = parser.parse_args(argv)
     fusion = FusionConfig.from_json(args.fusion.read_text()) if args.fusion else FusionConfig()
+    gpu = GpuOptions(instances=args.instances, gpus=tuple(int(g) for g in args.gpus.split(",") if g.strip()),
+                     opt_batch=args.opt_batch, verify=args.verify, ort_cache=args.ort_cache)
     try:
-        out = render(args.target, args.build, args.out, max_batch=args.max_batch, fusion=fusion, copy=args.copy)
+        out = render(args.target, args.build, args.out, max_batch=args.max_batch, fusion=fusion, copy=args.copy,
+                     gpu=gpu)
     except RepositoryError as exc:
         print(exc, file=sys.stderr)
         return 1
     print(f"rendered the {args.target} repository: {out}")
     for folder in sorted(out.iterdir()):
         print(f"  {folder.name}/")
+    if args.target == "tensorrt":
+        print("engines are built on the serving GPU: python -m genguard.export.tensorrt build "
+              f"--repository {out} --cache /engine-cache (the server image's entrypoint does this)")
     return 0
 
 

@@ -1,0 +1,311 @@
+"""The GPU targets' preprocessing: a DALI pipeline compiled from the same InputSpecs as the CPU one.
+
+Two steps, because one undecodable image makes a DALI pipeline throw for its whole batch:
+
+  validate (python backend, CPU)  screen(): the CPU target's own header checks (genguard.preprocess:
+                                  size limits, zero padding stripped, truncation, format, pixel count,
+                                  all before decoding). A refused image is replaced by a tiny valid
+                                  placeholder and marked FAILURE in IMAGE_INFO, so DALI never sees it.
+                                  Formats or modes DALI decodes differently from Pillow (GIF, TIFF, CMYK,
+                                  16-bit, ...) are decoded here with Pillow and handed on as PNG.
+  preprocess (DALI backend, GPU)  define(): decode on the GPU ("mixed", nvJPEG), then per input spec
+                                  resize (Pillow-style antialiased bilinear/bicubic), centre crop with
+                                  anchors computed here like torchvision (round half to even), and
+                                  normalise to float32 CHW. Parameters come from pipeline_parameters().
+
+What DALI cannot match exactly (measured on CPU against genguard.preprocess, see tests/test_gpu_targets.py
+and docker/README.md): its resampling kernels differ from Pillow's by a few levels (bilinear ~1 level
+inside, more at borders; bicubic more), and a colour a PNG/GIF marks transparent is not whitened for
+"drop_then_white" specs (OpenSDI) — DALI drops alpha like Pillow's convert("RGB").
+
+A well-framed image whose compressed data is corrupt (right markers, garbage entropy data) passes the
+header checks and can still fail its DALI batch; `verify="decode"` closes that hole at a CPU decode per
+image. The preprocess model runs without dynamic batching, so such a failure stays within the one request
+that sent the image and never reaches another client's request.
+
+Nothing here imports nvidia.dali at module level: the validate step runs where DALI isn't installed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from genguard import specs
+from genguard.preprocess import DecodeLimits, ImageRejected, encoded_extent, to_rgb
+
+# The DALI model's input: validated encoded images (UINT8 [-1], rows zero-padded).
+DALI_INPUT = "ENCODED"
+# Formats whose decoders in DALI (nvJPEG, libpng/OpenCV, libwebp) give Pillow's pixels; anything
+# else (GIF: DALI rejects animations; TIFF: compression variants; BMP: palette/RLE variants) is decoded
+# by Pillow in the validate step and handed on as PNG.
+DALI_NATIVE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP")
+# Pillow modes whose RGB conversion DALI reproduces (greyscale replicated, alpha dropped, palette
+# expanded). CMYK/YCCK JPEG, 16-bit and float modes are converted by Pillow here.
+DALI_NATIVE_MODES = ("RGB", "RGBA", "L", "LA", "P", "PA")
+_INTERP = {"bilinear": "INTERP_LINEAR", "bicubic": "INTERP_CUBIC"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Geometry, as torchvision/timm compute it (reference: genguard.preprocess.prepare)
+
+
+def shorter_side_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """(new_w, new_h): the shorter side becomes `shorter`, the longer one floor(shorter * long / short).
+
+    Integer arithmetic, the form the DALI graph evaluates; equal to torchvision's int(s * long / short)
+    for every size the limits admit."""
+    if width <= height:
+        return shorter, shorter * height // width
+    return shorter * width // height, shorter
+
+
+def half_to_even(diff: int) -> int:
+    """round(diff / 2) with Python's (and torchvision CenterCrop's) round-half-to-even, for diff >= 0,
+    in the integer form the DALI graph evaluates: q = diff // 2, plus one when diff is odd and q is odd."""
+    q = diff // 2
+    return q + (diff - 2 * q) * (q - 2 * (q // 2))
+
+
+@dataclass(frozen=True)
+class DaliInput:
+    """One pipeline output, derived from one InputSpec (see pipeline_parameters)."""
+
+    name: str
+    size: tuple[int, int]           # (height, width) of the output
+    resize: str                     # "squash" | "shorter_crop"
+    resize_to: tuple[int, int]      # squash: the output size; shorter_crop: (shorter side, shorter side)
+    interp: str                     # DALI DALIInterpType member name
+    mean: tuple[float, float, float]  # in 0..255 units: DALI normalises the uint8 resize output
+    std: tuple[float, float, float]
+    exif_transpose: bool
+    alpha: str
+
+
+def pipeline_parameters(inputs: dict[str, specs.InputSpec]) -> list[DaliInput]:
+    """The DALI pipeline's parameters, derived from the input specs (in the order of `inputs`)."""
+    out = []
+    for name, spec in inputs.items():
+        if spec.resize == "shorter_crop":
+            scale_h, scale_w = (int(s / spec.crop_pct) for s in spec.size)  # math.floor for positive sizes
+            if scale_h != scale_w:
+                raise ValueError(f"{name}: shorter_crop with a non-square crop is not supported by the DALI "
+                                 "pipeline")  # timm would resize to (scale_w, scale_h) then; no spec does
+            resize_to = (scale_h, scale_w)
+        else:
+            resize_to = tuple(spec.size)
+        out.append(DaliInput(
+            name=name, size=tuple(spec.size), resize=spec.resize, resize_to=resize_to,
+            interp=_INTERP[spec.interpolation],
+            mean=tuple(255.0 * m for m in spec.mean), std=tuple(255.0 * s for s in spec.std),
+            exif_transpose=spec.exif_transpose, alpha=spec.alpha,
+        ))
+    return out
+
+
+def parameters_json(params: list[DaliInput]) -> str:
+    return json.dumps([asdict(p) for p in params], indent=1)
+
+
+def parameters_from_json(text: str) -> list[DaliInput]:
+    return [DaliInput(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}) for d in json.loads(text)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The DALI graph
+
+
+def define(params: list[DaliInput], *, device: str = "gpu"):
+    """Build the graph inside a @pipeline_def function; returns its outputs (one per DaliInput, in order).
+
+    device="gpu": decode with "mixed" (nvJPEG; Triton's target). device="cpu": every operator on the CPU
+    (tests on machines without a GPU; DALI's CPU decoder gives Pillow's pixels).
+    """
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+
+    encoded = fn.external_source(name=DALI_INPUT, device="cpu", dtype=types.UINT8, ndim=1)
+    decoded, shapes = {}, {}
+    outputs = []
+    for p in params:
+        if p.exif_transpose not in decoded:
+            decoded[p.exif_transpose] = fn.decoders.image(
+                encoded, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB,
+                adjust_orientation=p.exif_transpose)
+            # [H, W, C] from the header, on the CPU: sizes and anchors are argument inputs
+            shapes[p.exif_transpose] = fn.peek_image_shape(
+                encoded, adjust_orientation=p.exif_transpose, dtype=types.INT64)
+        image, shape = decoded[p.exif_transpose], shapes[p.exif_transpose]
+        out_h, out_w = p.size
+        interp = getattr(types.DALIInterpType, p.interp)
+        if p.resize == "squash":
+            resized = fn.resize(image, resize_x=float(out_w), resize_y=float(out_h), interp_type=interp,
+                                antialias=True, dtype=types.UINT8)
+            crop_x = crop_y = 0.5  # no crop: output size == crop size
+        else:
+            height, width = shape[0], shape[1]
+            shorter = p.resize_to[0]
+            # shorter_side_size() in graph arithmetic: integer floor division, so no float rounding
+            wide = width > height
+            new_w = wide * (shorter * width // height) + (1 - wide) * shorter
+            new_h = wide * shorter + (1 - wide) * (shorter * height // width)
+            resized = fn.resize(image, resize_x=fn.cast(new_w, dtype=types.FLOAT),
+                                resize_y=fn.cast(new_h, dtype=types.FLOAT), interp_type=interp,
+                                antialias=True, dtype=types.UINT8)
+            # DALI's crop_pos is relative and rounds half away from zero; torchvision rounds half to even.
+            # So compute the integer anchor here and hand DALI anchor/(W - crop), which it rounds back to
+            # exactly that integer (max(.., 1) keeps an exact fit from dividing by zero).
+            crop_x = _relative_anchor(new_w - out_w, fn, types)
+            crop_y = _relative_anchor(new_h - out_h, fn, types)
+        outputs.append(fn.crop_mirror_normalize(
+            resized, dtype=types.FLOAT, output_layout="CHW", crop=(out_h, out_w),
+            crop_pos_x=crop_x, crop_pos_y=crop_y, rounding="round",
+            mean=list(p.mean), std=list(p.std)))
+    return tuple(outputs)
+
+
+def _relative_anchor(diff, fn, types):
+    q = diff // 2
+    anchor = q + (diff - 2 * q) * (q - 2 * (q // 2))  # half_to_even(), in graph arithmetic
+    denominator = diff + (diff < 1)  # max(diff, 1) for diff >= 0
+    return fn.cast(anchor, dtype=types.FLOAT) / fn.cast(denominator, dtype=types.FLOAT)
+
+
+def pipeline(params: list[DaliInput], *, device: str = "gpu", batch_size: int = 16, num_threads: int = 4,
+             device_id: int | None = 0, prefetch_queue_depth: int = 2):
+    """A built-ready DALI Pipeline object for `params` (tests, serialization, benchmarks)."""
+    from nvidia.dali import pipeline_def
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                  prefetch_queue_depth=prefetch_queue_depth)
+    def genguard_preprocess():
+        return define(params, device=device)
+
+    return genguard_preprocess()
+
+
+def run_cpu(params: list[DaliInput], images: list[bytes], num_threads: int = 2) -> list:
+    """Run the pipeline on the CPU (device_id=None): one list of float32 CHW arrays per DaliInput."""
+    import numpy as np
+
+    pipe = pipeline(params, device="cpu", batch_size=len(images), num_threads=num_threads, device_id=None,
+                    prefetch_queue_depth=1)
+    pipe.build()
+    pipe.feed_input(DALI_INPUT, [np.frombuffer(b, dtype=np.uint8) for b in images])
+    outs = pipe.run()
+    return [[np.asarray(out[i]) for i in range(len(images))] for out in outs]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The validate step: what DALI may see
+
+
+@dataclass
+class Screened:
+    info: dict       # IMAGE_INFO: {"ok": True, width, height, format} or {"ok": False, reason, message}
+    payload: bytes   # what DALI decodes: the image's own bytes, a Pillow-made PNG, or the placeholder
+
+
+@lru_cache(maxsize=1)
+def placeholder() -> bytes:
+    """A tiny valid image DALI decodes in place of a refused one (its pixels are never answered)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (128, 128, 128)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@lru_cache(maxsize=1)
+def warmup_jpeg() -> bytes:
+    """A small JPEG for the DALI model's warm-up request (initialises the nvJPEG path)."""
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.add.outer(np.arange(64), np.arange(96)).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(np.stack([ramp, ramp[::-1], 255 - ramp], -1)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _refuse(reason: str, message: str) -> Screened:
+    return Screened({"ok": False, "reason": reason, "message": message}, placeholder())
+
+
+def screen(data: bytes, limits: DecodeLimits = DecodeLimits(), verify: str = "header") -> Screened:
+    """One request row -> what DALI may decode, never raising.
+
+    verify="header": the checks genguard.preprocess.decode makes before decoding (byte limit, zero padding,
+    truncation markers, format, pixel count) plus Pillow's header parse; "decode": also decode fully with
+    Pillow (catches corrupt compressed data, at a CPU decode per image).
+    """
+    from PIL import Image, UnidentifiedImageError
+    import warnings
+
+    size = len(data.rstrip(b"\0"))
+    if size == 0:
+        return _refuse("empty", "empty input: no image bytes were sent")
+    if size > limits.max_bytes:
+        return _refuse("too_large", f"image is {size} bytes, over the limit of {limits.max_bytes} bytes")
+    try:
+        data = encoded_extent(data)
+    except ImageRejected as exc:
+        return _refuse(exc.reason, str(exc))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        return _refuse("not_an_image", "not a recognised image format")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return _refuse("too_many_pixels", "image dimensions exceed the decompression-bomb limit")
+    except Exception as exc:
+        return _refuse("corrupt", f"unreadable image header: {exc}")
+    if image.format not in limits.formats:
+        return _refuse("unsupported_format",
+                       f"format {image.format} is not accepted (accepted: {', '.join(limits.formats)})")
+    width, height = image.size
+    if width < 1 or height < 1:
+        return _refuse("corrupt", f"image has no pixels ({width}x{height})")
+    if width * height > limits.max_pixels:
+        return _refuse("too_many_pixels",
+                       f"image is {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}")
+    info = {"ok": True, "width": width, "height": height, "format": image.format}
+    native = image.format in DALI_NATIVE_FORMATS and image.mode in DALI_NATIVE_MODES
+    if native and verify == "header":
+        return Screened(info, data)
+    try:
+        image.seek(0)
+        image.load()
+    except Exception as exc:
+        return _refuse("corrupt", f"image data is corrupt or truncated: {exc}")
+    if native:
+        return Screened(info, data)
+    try:
+        rgb = to_rgb(image, "drop")  # every spec's first step; DALI then sees plain RGB
+        buf = io.BytesIO()
+        rgb.save(buf, "PNG", compress_level=1)
+    except Exception as exc:
+        return _refuse("unconvertible", f"image could not be converted to RGB: {exc}")
+    return Screened(info, buf.getvalue())
+
+
+def pack(payloads: list[bytes]):
+    """Payloads -> the UINT8 [N, L] tensor DALI takes (rows zero-padded, as the wire protocol)."""
+    from genguard.protocol import pack_images
+
+    return pack_images(payloads)
+
+
+def write_model(folder: Path, params: list[DaliInput]) -> None:
+    """Write the DALI model's version folder: dali.py (autoserialized by the server) + pipeline.json."""
+    from genguard import triton_models
+
+    version = folder / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    (version / "pipeline.json").write_text(parameters_json(params) + "\n")
+    source = Path(triton_models.__file__).parent / "dali_preprocess.py"
+    (version / "dali.py").write_text(source.read_text())
