@@ -18,6 +18,7 @@ from .transport import RetryEvent, RetryPolicy, documents, normalize_url
 
 WINDOW_BATCHES = 4  # sort-by-size window, in batches: bigger packs tighter but answers later
 MAX_REQUEST_BYTES = 64 << 20
+_SERVER_FAULTS = {"StatusCode.INTERNAL", "StatusCode.UNKNOWN", "500"}  # the server broke, the request was fine
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,11 @@ class BaseClient:
                        "or lower --batch-size")
         else:
             detail = exc.message() if hasattr(exc, "message") else str(exc)
-            message = f"GenGuard refused the request carrying this image: {detail}"
+            if str(getattr(exc, "status", lambda: "")()) in _SERVER_FAULTS:
+                reason = "server_error"
+                message = f"GenGuard failed on the request carrying this image ({detail}): check the server log"
+            else:
+                message = f"GenGuard refused the request carrying this image: {detail}"
         return [Result.failure(entry.item.index, entry.item.name, reason, message) for entry in batch]
 
     @staticmethod

@@ -21,11 +21,11 @@ EXIT_INTERRUPTED = 130
 HANDFUL = 5  # more images than this get a progress bar
 
 EXIT_CODES = f"""exit status:
-  {EXIT_OK}  every image was answered
+  {EXIT_OK}  every image was answered (health: the server and every model are ready)
+  {EXIT_OTHER}  anything else (an unexpected error)
   {EXIT_USAGE}  usage error (bad arguments)
   {EXIT_UNAVAILABLE}  server unreachable, connection lost after retries, or model not ready
   {EXIT_FAILED}  some images failed (unreadable, not an image, refused, timed out): their rows say why
-  {EXIT_OTHER}  anything else (an unexpected error)
 """
 
 CSV_COLUMNS = ("index", "name", "status", "is_ai_generated", "verdict", "source", "nsfw_level",
@@ -167,7 +167,7 @@ def detect(args, parser: argparse.ArgumentParser) -> int:
 
     items = collect(_expand(args.paths, parser, sys.stdin), recursive=args.recursive)
     if not items:
-        print("genguard: no images found in the given directories", file=sys.stderr)
+        print("genguard: no images: the given directories are empty", file=sys.stderr)
         return EXIT_FAILED
     bar = tqdm(total=len(items), unit="img", file=sys.stderr, disable=args.no_progress or len(items) <= HANDFUL,
                desc="genguard")

@@ -47,7 +47,6 @@ class Client(BaseClient):
             if self._executor:
                 self._executor.shutdown(wait=True, cancel_futures=True)
                 self._executor = None
-        with self._lock:
             transports, self._transports = self._transports, []
         for transport in transports:
             transport.close()

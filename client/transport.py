@@ -1,7 +1,8 @@
 """The few Triton calls GenGuard needs, over tritonclient's four clients (grpc/http, sync/aio), and
 the one place that decides which failures are retried.
 
-Retried: connection refused/reset/lost and UNAVAILABLE (gRPC) / 502-504 (HTTP). Never retried: a
+Retried: connection refused/reset/lost, UNAVAILABLE (gRPC) / 502-504 (HTTP), and a model that is
+unloading (the server is shutting down or reloading). Never retried: a
 request the server answered with a refusal (INVALID_ARG, NOT_FOUND, HTTP 400/404 ...): sending the
 same bytes again gets the same answer. Timeouts aren't retried either: a server too slow for one
 request only gets busier.
@@ -26,6 +27,7 @@ DEFAULT_PORTS = {"grpc": 8001, "http": 8000}  # genguard.server's defaults
 RETRY, TIMEOUT, REJECTED = "retry", "timeout", "rejected"
 _RETRY_STATUS = {"StatusCode.UNAVAILABLE", "502", "503", "504"}
 _TIMEOUT_STATUS = {"StatusCode.DEADLINE_EXCEEDED", "408"}
+_UNLOADING = "has no available versions"
 
 
 def default_url(protocol_name: str) -> str:
@@ -54,7 +56,10 @@ def classify(exc: BaseException) -> str | None:
 
     if isinstance(exc, InferenceServerException):
         status = str(exc.status() or "")
-        if status in _RETRY_STATUS:
+        # Triton answers NOT_FOUND / 400 "... has no available versions" while a model unloads (a server
+        # shutting down or reloading): the request was fine, the server is going away. A model that
+        # never existed is "... is not found", and is refused.
+        if status in _RETRY_STATUS or _UNLOADING in str(exc.message()):
             return RETRY
         if status in _TIMEOUT_STATUS:
             return TIMEOUT
