@@ -4,8 +4,8 @@
   python -m genguard.benchmarks.soak --minutes 0.5 --concurrency 4   # short form
 
 Every request carries a unique id; the run checks that each id is answered exactly once with one answer
-per image, and reports requests, errors, lost, duplicated, p50/p99 latency and the server's RSS (the
-tritonserver process and its python-backend stubs) at start and end. Loopback only; bounded in time
+per image, and reports requests, errors, lost, duplicated, p50/p99 latency and the server's memory
+(PSS of the tritonserver process and its python-backend stubs) at start and end. Loopback only; bounded in time
 and count.
 """
 
@@ -38,14 +38,16 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of `pid` and all its descendants (tritonserver + python backend stubs)."""
+def tree_memory_bytes(pid: int) -> int:
+    """Memory of `pid` and all its descendants (tritonserver + python backend stubs), as the sum of
+    their PSS: shared pages (the python backend's shared-memory pool is mapped by the server and every
+    stub) count once in total, where summing RSS would count them once per process."""
     total, stack = 0, [pid]
     while stack:
         current = stack.pop()
         try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1]) * 1024
         except OSError:
             continue
@@ -79,8 +81,8 @@ class SoakReport:
     p50_ms: float
     p99_ms: float
     throughput_img_s: float
-    rss_start_mb: float | None
-    rss_end_mb: float | None
+    memory_start_mb: float | None
+    memory_end_mb: float | None
     error_samples: list[str]
 
 
@@ -100,7 +102,7 @@ def run(url: str, images: list[bytes], *, kind: str = "grpc", concurrency: int =
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
     counter = iter(range(max_requests))
-    rss_start = tree_rss_bytes(server_pid) if server_pid else None
+    rss_start = tree_memory_bytes(server_pid) if server_pid else None
 
     def worker(worker_id: int) -> None:
         client = module.InferenceServerClient(url, **({"network_timeout": timeout_s} if kind == "http" else {}))
@@ -157,8 +159,8 @@ def run(url: str, images: list[bytes], *, kind: str = "grpc", concurrency: int =
         p50_ms=round(float(np.percentile(ms, 50)), 1),
         p99_ms=round(float(np.percentile(ms, 99)), 1),
         throughput_img_s=round(len(latencies) * batch / elapsed, 2),
-        rss_start_mb=round(rss_start / 2**20, 1) if rss_start else None,
-        rss_end_mb=round(tree_rss_bytes(server_pid) / 2**20, 1) if server_pid else None,
+        memory_start_mb=round(rss_start / 2**20, 1) if rss_start else None,
+        memory_end_mb=round(tree_memory_bytes(server_pid) / 2**20, 1) if server_pid else None,
         error_samples=errors[:5],
     )
 
@@ -185,7 +187,7 @@ def main(argv=None) -> int:
     ok = report.errors == 0 and report.lost == 0 and report.duplicated == 0
     print("soak:", "OK" if ok else "FAILED", f"- {report.requests} requests, {report.errors} errors, "
           f"{report.lost} lost, {report.duplicated} duplicated, p50 {report.p50_ms} ms, p99 {report.p99_ms} ms, "
-          f"RSS {report.rss_start_mb} -> {report.rss_end_mb} MB")
+          f"server memory (PSS) {report.memory_start_mb} -> {report.memory_end_mb} MB")
     return 0 if ok else 1
 
 

@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 import hostile
 from conftest import TEST_MAX_BYTES
 from genguard import onnx_runtime, protocol, specs
-from genguard.benchmarks.soak import tree_rss_bytes
+from genguard.benchmarks.soak import tree_memory_bytes
 from genguard.export import samples
 from genguard.preprocess import DecodeLimits, preprocess_bytes
 from genguard.scores import head_probs
@@ -73,7 +73,7 @@ def test_all_hostile_inputs_at_once_keep_the_server_ready_and_memory_bounded(tri
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     names = list(CASES)
     infer(triton, [CASES[n][0] for n in names[:8]])  # warm every path once before the baseline
-    baseline = tree_rss_bytes(triton.process.pid)
+    baseline = tree_memory_bytes(triton.process.pid)
     for _ in range(3):
         for start in range(0, len(names), 8):  # batches of 8 (max_batch_size is 16)
             chunk = names[start : start + 8]
@@ -81,7 +81,7 @@ def test_all_hostile_inputs_at_once_keep_the_server_ready_and_memory_bounded(tri
             assert [d["status"] if CASES[n][1] == "SUCCESS" else d["error"]["reason"] for n, d in zip(chunk, docs)] \
                 == [CASES[n][1] for n in chunk]
         assert client.is_server_ready()
-    growth = (tree_rss_bytes(triton.process.pid) - baseline) / 2**20
-    print(f"\nserver RSS: baseline {baseline / 2**20:.0f} MB, growth after 3 rounds of {len(names)} hostile "
+    growth = (tree_memory_bytes(triton.process.pid) - baseline) / 2**20
+    print(f"\nserver memory (PSS): baseline {baseline / 2**20:.0f} MB, growth after 3 rounds of {len(names)} hostile "
           f"inputs: {growth:+.1f} MB")
-    assert growth < 150, f"server RSS grew by {growth:.0f} MB"
+    assert growth < 150, f"server memory grew by {growth:.0f} MB"

@@ -17,7 +17,7 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
@@ -25,6 +25,7 @@ from conftest import checkpoint_path
 from genguard import specs
 from genguard.export import samples
 from genguard.preprocess import (
+    MAX_INTERMEDIATE_PIXELS,
     DecodeLimits,
     ImageRejected,
     center_crop_box,
@@ -341,8 +342,26 @@ def timm_transform(tag: str):
     return _timm_transforms[tag]
 
 
+def intermediate_pixels(spec, width: int, height: int) -> int:
+    """Pixels of the reference's resized image before its center crop."""
+    if spec.resize == "squash":
+        return spec.size[0] * spec.size[1]
+    new_w, new_h = shorter_side_size(width, height, int(spec.size[0] / spec.crop_pct))
+    return new_w * new_h
+
+
+def noise_image(width: int, height: int, seed: int, smooth: bool = False) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    if smooth:  # gradients + a little noise: resampling rounding matters most on smooth content
+        ramp = np.linspace(0, 255, width)[None, :, None] * np.linspace(0.2, 1, height)[:, None, None]
+        pixels = np.clip(ramp + rng.normal(0, 3, (height, width, 3)), 0, 255).astype(np.uint8)
+    else:
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
 @pytest.mark.parametrize("key", list(TIMM_REFERENCES))
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, database=None)
 @given(
     width=st.integers(1, 600),
     height=st.integers(1, 600),
@@ -351,12 +370,23 @@ def timm_transform(tag: str):
 )
 def test_prepare_matches_timm_on_random_images(key, width, height, seed, smooth):
     spec, tag = TIMM_REFERENCES[key]
-    rng = np.random.default_rng(seed)
-    if smooth:  # gradients + a little noise: resampling rounding matters most on smooth content
-        ramp = np.linspace(0, 255, width)[None, :, None] * np.linspace(0.2, 1, height)[:, None, None]
-        pixels = np.clip(ramp + rng.normal(0, 3, (height, width, 3)), 0, 255).astype(np.uint8)
-    else:
-        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    image = Image.fromarray(pixels)
+    # beyond this, prepare() resamples only the crop on purpose (tested separately below)
+    assume(intermediate_pixels(spec, width, height) <= MAX_INTERMEDIATE_PIXELS)
+    image = noise_image(width, height, seed, smooth)
     reference = timm_transform(tag)(image).numpy()
     assert max_abs(prepare(image, spec), reference) == 0.0
+
+
+@pytest.mark.parametrize("key", ["tfmnv3_224", "effb4_320"])
+@pytest.mark.parametrize("width, height", [(1, 600), (2, 600), (600, 2), (2, 500)])
+def test_extreme_aspect_ratio_stays_within_one_level(key, width, height):
+    """Where the reference's shorter-side resize would be huge, prepare() resamples only the crop;
+    preprocess.py documents that as off by at most one level (1/255 before normalisation)."""
+    spec, tag = TIMM_REFERENCES[key]
+    image = noise_image(width, height, seed=width * height)
+    if intermediate_pixels(spec, width, height) <= MAX_INTERMEDIATE_PIXELS:
+        pytest.fail(f"{width}x{height} no longer exercises the crop-only path; pick a more extreme size")
+    ours = prepare(image, spec)
+    levels = np.abs(ours - timm_transform(tag)(image).numpy()) * 255 * np.asarray(spec.std, np.float32)[:, None, None]
+    assert ours.shape == spec.shape
+    assert levels.max() <= 1.0 + 1e-3, f"off by {levels.max():.1f} levels"
