@@ -53,7 +53,7 @@ def _jpeg_end(data: bytes) -> int | None:
     entropy-coded data (where 0xFF is always followed by 0x00 or a restart marker); None if it never
     gets there. Data after EOI (motion photos append a video) is not part of the image."""
     pos, size = 2, len(data)
-    while pos + 4 <= size:
+    while pos + 2 <= size:
         if data[pos] != 0xFF:
             return None
         marker = data[pos + 1]
@@ -65,6 +65,8 @@ def _jpeg_end(data: bytes) -> int | None:
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # standalone markers
             pos += 2
             continue
+        if pos + 4 > size:
+            return None
         pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
         if marker == 0xDA:  # start of scan: skip entropy-coded data up to the next real marker
             while True:

@@ -92,9 +92,9 @@ def environment() -> dict[str, str]:
 
 
 def start(repository: Path, home: Path, *, ports: Ports = Ports(), log_file: Path | None = None,
-          production: bool = False) -> subprocess.Popen:
+          production: bool = False, admin_key: str | None = None) -> subprocess.Popen:
     binary = prepare_tritonserver(home)
-    command = [str(binary), *server_args(repository, ports=ports, production=production,
+    command = [str(binary), *server_args(repository, ports=ports, production=production, admin_key=admin_key,
                                          backend_directory=home / "backends", cache_directory=home / "caches")]
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     return subprocess.Popen(command, env=environment(), stdout=out, stderr=subprocess.STDOUT,
