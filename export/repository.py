@@ -111,6 +111,26 @@ def preprocess_config(inputs: dict[str, specs.InputSpec], max_batch: int, limits
 
 
 @dataclass(frozen=True)
+class QueuePolicy:
+    """What a detector's dynamic batcher does with bursts beyond capacity (every target).
+
+    Requests past `max_queue_size` are refused at once, and requests that waited `timeout_s` are refused,
+    each with an error the client sees (and retries with backoff) instead of an unbounded queue.
+    """
+
+    max_queue_size: int = 128
+    timeout_s: float = 30.0
+
+
+def apply_queue_policy(config: mc.ModelConfig, queue: QueuePolicy) -> None:
+    policy = config.dynamic_batching.default_queue_policy
+    policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = int(queue.timeout_s * 1e6)
+    policy.allow_timeout_override = True
+    policy.max_queue_size = queue.max_queue_size
+
+
+@dataclass(frozen=True)
 class CpuOptions:
     """ONNX Runtime settings of the cpu target's detectors; off-default ones are speed options whose
     accuracy cost the benchmarks measure.
@@ -118,11 +138,13 @@ class CpuOptions:
     optimization:     ORT graph optimisation level: disable, basic, extended, all.
     intra_op_threads: 0 = ORT's default (one per physical core).
     int8:             serve build/onnx/<name>/model.int8.onnx (dynamic INT8 MatMul/Gemm) instead of FP32.
+    queue:            the detectors' queue policy for bursts.
     """
 
     optimization: str = "all"
     intra_op_threads: int = 0
     int8: bool = False
+    queue: QueuePolicy = QueuePolicy()
 
     def onnx_file(self) -> str:
         return "model.int8.onnx" if self.int8 else "model.onnx"
@@ -136,6 +158,7 @@ def detector_config(det: ExportedDetector, max_batch: int, options: CpuOptions =
         _tensor(config.output, head.name, mc.TYPE_FP32, [head.num_logits],
                 f"{head.name}_labels.txt" if head.activation == "softmax" else None)
     config.dynamic_batching.max_queue_delay_microseconds = 2000
+    apply_queue_policy(config, options.queue)
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
     _params(config, detector=spec.name, onnx_file=options.onnx_file(), weights=det.weights,
             checkpoint=det.checkpoint, intra_op_threads=str(options.intra_op_threads),
@@ -250,6 +273,7 @@ class GpuOptions:
     dali_threads:     DALI CPU threads (decode of PNG/WebP, argument computation).
     ort_cache:        onnx-gpu: where ONNX Runtime's TensorRT EP keeps its engines and timing cache.
     workspace_mib:    TensorRT builder workspace.
+    queue:            the detectors' queue policy for bursts.
     """
 
     instances: int = 1
@@ -260,6 +284,7 @@ class GpuOptions:
     dali_threads: int = 4
     ort_cache: str = "/engine-cache/onnxruntime"
     workspace_mib: int = 4096
+    queue: QueuePolicy = QueuePolicy()
 
 
 def _gpu_group(config: mc.ModelConfig, count: int, gpus: tuple[int, ...]) -> None:
@@ -296,6 +321,7 @@ def _gpu_detector_base(det: ExportedDetector, max_batch: int, gpu: GpuOptions) -
                 f"{head.name}_labels.txt" if head.activation == "softmax" else None)
     config.dynamic_batching.max_queue_delay_microseconds = gpu.queue_delay_us
     config.dynamic_batching.preferred_batch_size.extend(_batch_sizes(max_batch))
+    apply_queue_policy(config, gpu.queue)
     _gpu_group(config, gpu.instances, gpu.gpus)
     _detector_warmup(config, spec, max_batch)
     _params(config, detector=spec.name, weights=det.weights, checkpoint=det.checkpoint)

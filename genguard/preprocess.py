@@ -83,6 +83,19 @@ def _jpeg_end(data: bytes) -> int | None:
     return None
 
 
+# A file may genuinely end in a few zero bytes (RIFF's pad byte, black BMP pixels), which padding can't be
+# told from: up to this many missing bytes count as such zeros rather than truncation.
+_TRAILING_ZEROS_SLACK = 16
+
+
+def _declared_extent(data: bytes, content: bytes, size: int, name: str) -> bytes:
+    """A format with a declared file size: the image is exactly `size` bytes, padded or not, so the
+    decoder sees the same bytes whether or not the request was padded."""
+    if len(content) + _TRAILING_ZEROS_SLACK < size:
+        raise ImageRejected("truncated", f"{name} is truncated: {len(content)} of {size} bytes")
+    return data[:size].ljust(size, b"\0")
+
+
 def encoded_extent(data: bytes) -> bytes:
     """The image's own bytes without the zero padding of a batched request; raises for truncation.
 
@@ -103,15 +116,10 @@ def encoded_extent(data: bytes) -> bytes:
             raise ImageRejected("truncated", "PNG is truncated: no IEND chunk")
         return data[: end + 8]
     if content[:4] == b"RIFF" and content[8:12] == b"WEBP":
-        size = 8 + int.from_bytes(data[4:8], "little")
-        if len(data) < size:
-            raise ImageRejected("truncated", f"WebP is truncated: {len(data)} of {size} bytes")
-        return data[:size]
+        return _declared_extent(data, content, 8 + int.from_bytes(data[4:8], "little"), "WebP")
     if content[:2] == b"BM" and len(data) >= 6:
         size = int.from_bytes(data[2:6], "little")  # some writers leave it 0
-        if size and len(data) < size:
-            raise ImageRejected("truncated", f"BMP is truncated: {len(data)} of {size} bytes")
-        return data[:size] if size else content
+        return _declared_extent(data, content, size, "BMP") if size else content
     return data
 
 

@@ -218,6 +218,39 @@ def stop(args) -> int:
     return 0
 
 
+def probe(url: str, timeout: float = 30) -> str | None:
+    """A real inference of a tiny image through the ensemble: None if answered, else why not.
+
+    Readiness doesn't notice a dead python-backend stub (Triton 2.51 keeps the model READY and fails each
+    request that reaches it), so this is the check an orchestrator should use for liveness.
+    """
+    import io
+    import json
+
+    import tritonclient.http as httpclient
+    from PIL import Image
+
+    from genguard import protocol
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (128, 64, 32)).save(buffer, "PNG")
+    batch = protocol.pack_images([buffer.getvalue()])
+    tensor = httpclient.InferInput(protocol.INPUT, list(batch.shape), "UINT8")
+    tensor.set_data_from_numpy(batch)
+    try:
+        client = httpclient.InferenceServerClient(url, network_timeout=timeout, connection_timeout=timeout)
+        answer = json.loads(client.infer(protocol.ENSEMBLE, [tensor]).as_numpy(protocol.RESULT)[0, 0])
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None if answer["status"] == protocol.SUCCESS else f"probe image failed: {answer['error']}"
+
+
+def run_probe(args) -> int:
+    problem = probe(args.url, args.timeout)
+    print(f"GenGuard at {args.url}: " + ("answering" if problem is None else f"NOT answering: {problem}"))
+    return 0 if problem is None else 1
+
+
 def print_args(args) -> int:
     """The flags, one per line, for images and manifests that start tritonserver themselves."""
     ports = Ports(args.http_port, args.grpc_port, args.metrics_port)
@@ -230,6 +263,9 @@ def print_args(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genguard.server")
     sub = parser.add_subparsers(dest="command", required=True)
+    probe_p = sub.add_parser("probe", help="liveness: one real inference through the ensemble")
+    probe_p.add_argument("--url", default=f"{HOST}:{HTTP_PORT}", help="HTTP host:port")
+    probe_p.add_argument("--timeout", type=float, default=30)
     args_p = sub.add_parser("args", help="print the tritonserver flags GenGuard runs with")
     args_p.add_argument("--repository", required=True)
     args_p.add_argument("--host", default=HOST)
@@ -252,7 +288,7 @@ def main(argv=None) -> int:
     serve_p.add_argument("--ort-optimization", default="all", choices=("disable", "basic", "extended", "all"))
     serve_p.add_argument("--ort-threads", type=int, default=0, help="intra-op threads per detector (0: ORT default)")
     args = parser.parse_args(argv)
-    return {"serve": serve, "stop": stop, "args": print_args}[args.command](args)
+    return {"serve": serve, "stop": stop, "args": print_args, "probe": run_probe}[args.command](args)
 
 
 if __name__ == "__main__":

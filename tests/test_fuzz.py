@@ -67,6 +67,14 @@ def test_mutated_images_never_raise_anything_but_image_rejected(seed, ops):
     check_invariants(mutate(SEEDS[seed], ops))
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.sampled_from(sorted(SEEDS)), ops=MUTATIONS, padding=st.integers(1, 5000))
+def test_zero_padding_never_changes_the_outcome(seed, ops, padding):
+    """A batched request pads every image with zeros: the same image must get the same answer either way."""
+    image = mutate(SEEDS[seed], ops)
+    assert check_invariants(image + b"\0" * padding) == (check_invariants(image) if image.rstrip(b"\0") else "empty")
+
+
 @settings(max_examples=40, deadline=None)
 @given(header=st.binary(min_size=0, max_size=64), tail=st.binary(max_size=256))
 def test_random_headers_are_refused_cleanly(header, tail):

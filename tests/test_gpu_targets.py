@@ -574,7 +574,8 @@ def test_dockerfile_pins_an_ngc_release_and_uses_the_entrypoint():
 def test_entrypoint_builds_engines_then_execs_tritonserver_with_genguard_flags(repos, tmp_path):
     script = (ROOT / "docker" / "entrypoint.sh").read_text()
     assert "python3 -m genguard.export.tensorrt build --repository" in script
-    assert "genguard.server args" in script and "--production --gpu" in script and "--host 0.0.0.0" in script
+    assert "genguard.server args" in script and "--production" in script and "--host 0.0.0.0" in script
+    assert 'GPU_FLAG=(--gpu)' in script and '"${GPU_FLAG[@]}"' in script  # --gpu for every target but cpu
     assert 'GENGUARD_ENGINE_CACHE:-/engine-cache' in script
     # run it: fake tritonserver records its flags; python3 is this venv's (GenGuard importable)
     bin_dir = tmp_path / "bin"
