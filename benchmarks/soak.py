@@ -88,7 +88,9 @@ class SoakReport:
 
 def run(url: str, images: list[bytes], *, kind: str = "grpc", concurrency: int = 16, seconds: float = 600,
         max_requests: int = 1_000_000, batch: int = 1, server_pid: int | None = None,
-        timeout_s: float = 60) -> SoakReport:
+        timeout_s: float = 60, warmup_batch: int = 16) -> SoakReport:
+    """warmup_batch: before the memory baseline, two requests of this many images (the server's
+    max_batch_size by default), because ONNX Runtime's arena grows to its peak batch and then stays."""
     if kind == "grpc":
         import tritonclient.grpc as module
     else:
@@ -100,9 +102,16 @@ def run(url: str, images: list[bytes], *, kind: str = "grpc", concurrency: int =
     errored: set[str] = set()
     failed_images = [0]
     lock = threading.Lock()
-    deadline = time.monotonic() + seconds
     counter = iter(range(max_requests))
-    rss_start = tree_memory_bytes(server_pid) if server_pid else None
+    if warmup_batch:
+        warm = module.InferenceServerClient(url)
+        data = protocol.pack_images((images * warmup_batch)[:warmup_batch])
+        for _ in range(2):
+            tensor = module.InferInput(protocol.INPUT, list(data.shape), "UINT8")
+            tensor.set_data_from_numpy(data)
+            warm.infer(protocol.ENSEMBLE, [tensor])
+    memory_start = tree_memory_bytes(server_pid) if server_pid else None
+    deadline = time.monotonic() + seconds
 
     def worker(worker_id: int) -> None:
         client = module.InferenceServerClient(url, **({"network_timeout": timeout_s} if kind == "http" else {}))
@@ -159,7 +168,7 @@ def run(url: str, images: list[bytes], *, kind: str = "grpc", concurrency: int =
         p50_ms=round(float(np.percentile(ms, 50)), 1),
         p99_ms=round(float(np.percentile(ms, 99)), 1),
         throughput_img_s=round(len(latencies) * batch / elapsed, 2),
-        memory_start_mb=round(rss_start / 2**20, 1) if rss_start else None,
+        memory_start_mb=round(memory_start / 2**20, 1) if memory_start else None,
         memory_end_mb=round(tree_memory_bytes(server_pid) / 2**20, 1) if server_pid else None,
         error_samples=errors[:5],
     )

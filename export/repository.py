@@ -98,24 +98,14 @@ def _tensor(message, name: str, dtype: int, dims, label_filename: str | None = N
     return entry
 
 
-def preprocess_config(inputs: dict[str, specs.InputSpec], max_batch: int, limits: DecodeLimits,
-                      decode_threads: int = 0) -> mc.ModelConfig:
-    config = mc.ModelConfig(name=protocol.PREPROCESS, backend="python", max_batch_size=max_batch)
-    _tensor(config.input, protocol.INPUT, mc.TYPE_UINT8, [-1])
-    for name, spec in inputs.items():
-        _tensor(config.output, protocol.pixels_tensor(name), mc.TYPE_FP32, spec.shape)
-    _tensor(config.output, protocol.IMAGE_INFO, mc.TYPE_STRING, [1])
-    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
-    _params(config, inputs=",".join(inputs), limits=dataclasses.asdict(limits), decode_threads=str(decode_threads))
-    return config
-
-
 @dataclass(frozen=True)
 class QueuePolicy:
-    """What a detector's dynamic batcher does with bursts beyond capacity (every target).
+    """What the ensemble's entry step (preprocess on cpu, validate on the GPU targets) does with bursts
+    beyond capacity: requests past `max_queue_size` are refused at once with UNAVAILABLE "Exceeds maximum
+    queue size", and requests that waited `timeout_s` are refused; the client retries with backoff.
 
-    Requests past `max_queue_size` are refused at once, and requests that waited `timeout_s` are refused,
-    each with an error the client sees (and retries with backoff) instead of an unbounded queue.
+    Only the entry step: in Triton 2.51 a request that a *composing* model's queue rejects mid-ensemble is
+    never answered (the client waits for its deadline), measured in tests/test_soak.py's history.
     """
 
     max_queue_size: int = 128
@@ -130,6 +120,19 @@ def apply_queue_policy(config: mc.ModelConfig, queue: QueuePolicy) -> None:
     policy.max_queue_size = queue.max_queue_size
 
 
+def preprocess_config(inputs: dict[str, specs.InputSpec], max_batch: int, limits: DecodeLimits,
+                      decode_threads: int = 0, queue: QueuePolicy = QueuePolicy()) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=protocol.PREPROCESS, backend="python", max_batch_size=max_batch)
+    _tensor(config.input, protocol.INPUT, mc.TYPE_UINT8, [-1])
+    for name, spec in inputs.items():
+        _tensor(config.output, protocol.pixels_tensor(name), mc.TYPE_FP32, spec.shape)
+    _tensor(config.output, protocol.IMAGE_INFO, mc.TYPE_STRING, [1])
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    apply_queue_policy(config, queue)  # dynamic batching of equal-length requests, and the burst policy
+    _params(config, inputs=",".join(inputs), limits=dataclasses.asdict(limits), decode_threads=str(decode_threads))
+    return config
+
+
 @dataclass(frozen=True)
 class CpuOptions:
     """ONNX Runtime settings of the cpu target's detectors; off-default ones are speed options whose
@@ -138,7 +141,7 @@ class CpuOptions:
     optimization:     ORT graph optimisation level: disable, basic, extended, all.
     intra_op_threads: 0 = ORT's default (one per physical core).
     int8:             serve build/onnx/<name>/model.int8.onnx (dynamic INT8 MatMul/Gemm) instead of FP32.
-    queue:            the detectors' queue policy for bursts.
+    queue:            the entry step's queue policy for bursts.
     """
 
     optimization: str = "all"
@@ -158,7 +161,6 @@ def detector_config(det: ExportedDetector, max_batch: int, options: CpuOptions =
         _tensor(config.output, head.name, mc.TYPE_FP32, [head.num_logits],
                 f"{head.name}_labels.txt" if head.activation == "softmax" else None)
     config.dynamic_batching.max_queue_delay_microseconds = 2000
-    apply_queue_policy(config, options.queue)
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
     _params(config, detector=spec.name, onnx_file=options.onnx_file(), weights=det.weights,
             checkpoint=det.checkpoint, intra_op_threads=str(options.intra_op_threads),
@@ -273,7 +275,7 @@ class GpuOptions:
     dali_threads:     DALI CPU threads (decode of PNG/WebP, argument computation).
     ort_cache:        onnx-gpu: where ONNX Runtime's TensorRT EP keeps its engines and timing cache.
     workspace_mib:    TensorRT builder workspace.
-    queue:            the detectors' queue policy for bursts.
+    queue:            the entry step's queue policy for bursts.
     """
 
     instances: int = 1
@@ -321,7 +323,6 @@ def _gpu_detector_base(det: ExportedDetector, max_batch: int, gpu: GpuOptions) -
                 f"{head.name}_labels.txt" if head.activation == "softmax" else None)
     config.dynamic_batching.max_queue_delay_microseconds = gpu.queue_delay_us
     config.dynamic_batching.preferred_batch_size.extend(_batch_sizes(max_batch))
-    apply_queue_policy(config, gpu.queue)
     _gpu_group(config, gpu.instances, gpu.gpus)
     _detector_warmup(config, spec, max_batch)
     _params(config, detector=spec.name, weights=det.weights, checkpoint=det.checkpoint)
@@ -376,7 +377,8 @@ def onnx_gpu_detector_config(det: ExportedDetector, max_batch: int, gpu: GpuOpti
     return config
 
 
-def validate_config(max_batch: int, limits: DecodeLimits, verify: str = "header") -> mc.ModelConfig:
+def validate_config(max_batch: int, limits: DecodeLimits, verify: str = "header",
+                    queue: QueuePolicy = QueuePolicy()) -> mc.ModelConfig:
     from genguard.export.dali import DALI_INPUT
 
     config = mc.ModelConfig(name=VALIDATE, backend="python", max_batch_size=max_batch)
@@ -384,6 +386,7 @@ def validate_config(max_batch: int, limits: DecodeLimits, verify: str = "header"
     _tensor(config.output, DALI_INPUT, mc.TYPE_UINT8, [-1])
     _tensor(config.output, protocol.IMAGE_INFO, mc.TYPE_STRING, [1])
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    apply_queue_policy(config, queue)
     _params(config, limits=dataclasses.asdict(limits), verify=verify)
     return config
 
@@ -414,7 +417,7 @@ def _render_gpu(target: str, out: Path, dets: list[ExportedDetector], inputs: di
     from genguard.export import dali
     from genguard.export.tensorrt import ONNX_FOLDER, RECIPE_FILE
 
-    _write_model(out, validate_config(max_batch, limits, gpu.verify), model_py=VALIDATE)
+    _write_model(out, validate_config(max_batch, limits, gpu.verify, gpu.queue), model_py=VALIDATE)
     warmup = dali.warmup_jpeg()
     _write_model(out, dali_preprocess_config(inputs, max_batch, gpu, warmup_bytes=len(warmup)))
     dali.write_model(out / protocol.PREPROCESS, dali.pipeline_parameters(inputs))
@@ -462,7 +465,7 @@ def render(target: str, build: Path, out: Path | None = None, *, detectors: list
     if target in GPU_TARGETS:
         _render_gpu(target, out, dets, inputs, max_batch, limits, gpu, copy)
     else:
-        _write_model(out, preprocess_config(inputs, max_batch, limits), model_py="preprocess")
+        _write_model(out, preprocess_config(inputs, max_batch, limits, queue=cpu.queue), model_py="preprocess")
     for det in dets if target == "cpu" else ():
         labels = {f"{h.name}_labels.txt": "\n".join(h.labels) + "\n" for h in det.spec.heads if h.activation == "softmax"}
         onnx = det.onnx.with_name(cpu.onnx_file())
