@@ -5,7 +5,6 @@ export_detector() is the whole flow for one spec; the CLI (python -m genguard.ex
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -16,6 +15,7 @@ import torch
 
 from genguard import onnx_runtime
 from genguard.export import samples
+from genguard.export import sha256_file as sha256
 from genguard.export.checkpoints import HeadsModule, is_random, load
 from genguard.export.reference import ReferencePipeline, open_rgb
 from genguard.preprocess import preprocess_bytes
@@ -27,14 +27,6 @@ log = logging.getLogger("genguard.export")
 OPSET = 18
 INPUT_NAME = "pixels"
 VALIDATION_BATCHES = (1, 4)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_onnx(module: HeadsModule, path: Path, *, metadata: dict, opset: int = OPSET) -> Path:

@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from genguard.export import sha256_file
+
 ONNX_FOLDER = "onnx"           # <model>/onnx/model.onnx + engine.json, ignored by Triton (not a version)
 RECIPE_FILE = "engine.json"
 PLAN = "model.plan"
@@ -116,14 +118,6 @@ class Recipe:
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def effective_precision(recipe: Recipe, machine: Machine) -> str:
