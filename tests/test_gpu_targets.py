@@ -618,3 +618,32 @@ def test_dali_model_file_autoserializes_the_gpu_pipeline(repos):
     (function,) = _discover_autoserialize(module, visited=[])  # exactly one, as the backend requires
     serialized = function(device_id=None).serialize()
     assert b"decoders__Image" in serialized and b"mixed" in serialized  # decoded on the GPU
+
+
+def test_gpu_modules_import_without_tensorrt_or_dali():
+    """A fresh interpreter where `nvidia.dali` and `tensorrt` can't be imported: the GPU-side modules still
+    import, and rendering the GPU targets' configs still works (only running them needs the libraries)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('tensorrt', 'nvidia') and name != 'nvidia':
+            raise ImportError('blocked: ' + name)
+        return None
+sys.meta_path.insert(0, Block())
+for blocked in ('tensorrt', 'nvidia.dali'):
+    try:
+        __import__(blocked)
+    except ImportError:
+        pass
+    else:
+        raise SystemExit(blocked + ' was importable: the block failed')
+import genguard.export.tensorrt, genguard.export.dali, genguard.export.repository
+from genguard.export.repository import dali_preprocess_config, validate_config
+print('ok')
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
