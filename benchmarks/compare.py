@@ -372,17 +372,23 @@ class Bench:
             configs.append(("INT8, every MatMul", every, "all", threads))
         notes = {"INT8 (model.int8.onnx)": self._int8_note(int8),
                  "INT8, every MatMul": "no accuracy budget: what dynamic INT8 of all the compute would give"}
-        rows, sessions = {}, {}
+        rows, modes = {}, {}
         for label, path, level, n_threads in configs:
             rows[label] = {"table": "options", "detector": det.name, "option": label, "note": notes.get(label)}
             if not path.is_file():
                 rows[label]["note"] = "not built: python -m genguard.export.quantize --build BUILD"
                 continue
-            sessions[label] = onnx_runtime.session(path, threads=n_threads, optimization=level, spinning=False)
-            sessions[label].run(None, {"pixels": tensors[:B]})  # warm-up
+
+            def run(path=path, level=level, n_threads=n_threads):
+                # One session at a time, made afresh each round (outside the timing): eight EVA02
+                # sessions with batch-8 arenas at once would not fit in this machine's memory.
+                session = onnx_runtime.session(path, threads=n_threads, optimization=level, spinning=False)
+                session.run(None, {"pixels": tensors[:B]})  # warm-up
+                pause()
+                return timed(lambda x: session.run(None, {"pixels": x}), chunks(tensors, B))
+
+            modes[label] = run
         # every option in turn, round after round: the machine's drift hits them all alike
-        modes = {label: (lambda s=s: timed(lambda x: s.run(None, {"pixels": x}), chunks(tensors, B)))
-                 for label, s in sessions.items()}
         outputs = {}
 
         def keep(label, run):
@@ -394,7 +400,6 @@ class Bench:
 
         timings = self._interleave({k: keep(k, v) for k, v in modes.items()}, self.args.options_rounds,
                                    f"{det.name}: speed options ({len(tensors)} images each)")
-        sessions.clear()
         base = timings["opt=all"].images_per_s if "opt=all" in timings else None
         for label, timing in timings.items():
             probs = probs_of(det.spec, concat_heads(outputs[label][: math.ceil(len(pixels) / B)]))
