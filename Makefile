@@ -19,7 +19,7 @@ ORT_THREADS ?= 0
 EXPORT_ARGS = --weights $(WEIGHTS) --build $(BUILD) $(if $(DETECTORS),--detectors $(DETECTORS)) \
 	$(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(foreach l,$(LABELS),--labels $(l))
 
-.PHONY: setup test export repository serve stop bench bench-compare soak gpu-check image clean
+.PHONY: setup test export quantize repository serve stop bench bench-compare soak gpu-check image clean
 
 # Dependencies are reinstalled only when pyproject.toml changes; the editable install of this
 # checkout is refreshed every time (a cached venv may have been made from another clone).
@@ -38,6 +38,10 @@ test: setup
 
 export: setup
 	$(BIN)/python -m genguard.export $(EXPORT_ARGS)
+
+# INT8 speed option: model.int8.onnx per detector within its accuracy budget (figures in parity.json)
+quantize: setup
+	$(BIN)/python -m genguard.export.quantize --build $(BUILD)
 
 # Render the Triton model repository for TARGET from build/onnx (prints where).
 repository: setup

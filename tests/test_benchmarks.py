@@ -82,6 +82,17 @@ def test_profile_timing_uses_request_timestamps():
     assert t.images_per_s == pytest.approx(75.0)
 
 
+def test_profile_spans_read_timestamps_without_parsing_the_inputs():
+    inputs = json.dumps({"IMAGE": {"b64": "A" * 5000}})  # the export repeats each request's inputs
+    text = ('{"experiments":[{"experiment":{"mode":"concurrency","value":2},"requests":['
+            f'{{"timestamp":100,"request_inputs":{inputs},"response_timestamps":[150,180],"response_outputs":[]}},'
+            f'{{"timestamp":200,"request_inputs":{inputs},"response_timestamps":[],"response_outputs":[]}},'
+            f'{{"timestamp":300,"request_inputs":{inputs},"response_timestamps":[ 390 ],"response_outputs":[]}}'
+            '],"window_boundaries":[100,390]}],"version":"2.51.0"}')
+    json.loads(text)  # well-formed
+    assert perf_analyzer.profile_spans(text.encode()) == [(100, 180), (300, 390)]
+
+
 # ---------------------------------------------------------------------------------------------------
 # arithmetic: timings, ratios, agreement, targets
 
