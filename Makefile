@@ -27,7 +27,7 @@ setup:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@want=$$(sha256sum pyproject.toml | cut -c1-16); \
 	if [ "$$(cat $(VENV)/.genguard-deps 2>/dev/null)" != "$$want" ]; then \
-		$(BIN)/pip install --disable-pip-version-check -e '.[export,server,test,bench]' && echo $$want > $(VENV)/.genguard-deps; \
+		$(BIN)/pip install --disable-pip-version-check -e '.[export,server,test,bench,gateway]' && echo $$want > $(VENV)/.genguard-deps; \
 	else \
 		$(BIN)/pip install --disable-pip-version-check -q --no-deps -e . ; \
 	fi

@@ -1,0 +1,1 @@
+"""The gateway's routes: hive (Hive NIM-compatible), detect (native), models, health."""
