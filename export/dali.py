@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -115,6 +116,51 @@ def parameters_from_json(text: str) -> list[DaliInput]:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Version-dependent operator arguments
+#
+# The graph is serialized by the DALI inside the server image (docker/Dockerfile, DALI_VERSION), which is
+# not necessarily the DALI the tests run. An argument an operator's schema does not define fails the
+# whole pipeline (and with it the server's start), so version-dependent arguments are passed only where
+# the running DALI's schema has them (nvidia.dali.backend.GetSchema(...).HasArgument). Measured: in DALI
+# 2.1.1 (tritonserver 26.06) neither decoders.image nor peek_image_shape has `adjust_orientation`, and
+# neither applies EXIF orientation; DALI 2.4 has it (default True, so it must be passed False there).
+
+DECODER_SCHEMA = "decoders__Image"
+PEEK_SCHEMA = "PeekImageShape"
+
+
+def has_argument(schema: str, argument: str) -> bool:
+    """Whether the installed DALI's operator `schema` defines `argument`."""
+    from nvidia.dali import backend
+
+    return bool(backend.GetSchema(schema).HasArgument(argument))
+
+
+def orientation_arguments(schema: str, exif_transpose: bool) -> dict:
+    """`adjust_orientation` where the schema has it. Without it, DALI's decoders keep the stored
+    orientation: right for exif_transpose=False (every spec), impossible for True (refused here rather
+    than served silently unrotated)."""
+    if has_argument(schema, "adjust_orientation"):
+        return {"adjust_orientation": exif_transpose}
+    if exif_transpose:
+        import nvidia.dali
+
+        raise ValueError(f"DALI {nvidia.dali.__version__}'s {schema} has no adjust_orientation: an input spec "
+                         "with exif_transpose=True can't be served by this DALI")
+    return {}
+
+
+def decoder_arguments(exif_transpose: bool) -> dict:
+    """fn.decoders.image's version-dependent arguments: orientation, and libjpeg-turbo's chroma
+    upsampling on the mixed (nvJPEG) backend where the schema has `jpeg_fancy_upsampling` (the CPU
+    decoder and Pillow upsample that way)."""
+    arguments = orientation_arguments(DECODER_SCHEMA, exif_transpose)
+    if has_argument(DECODER_SCHEMA, "jpeg_fancy_upsampling"):
+        arguments["jpeg_fancy_upsampling"] = True
+    return arguments
+
+
+# ---------------------------------------------------------------------------------------------------
 # The DALI graph
 
 
@@ -134,10 +180,10 @@ def define(params: list[DaliInput], *, device: str = "gpu"):
         if p.exif_transpose not in decoded:
             decoded[p.exif_transpose] = fn.decoders.image(
                 encoded, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB,
-                adjust_orientation=p.exif_transpose)
+                **decoder_arguments(p.exif_transpose))
             # [H, W, C] from the header, on the CPU: sizes and anchors are argument inputs
             shapes[p.exif_transpose] = fn.peek_image_shape(
-                encoded, adjust_orientation=p.exif_transpose, dtype=types.INT64)
+                encoded, dtype=types.INT64, **orientation_arguments(PEEK_SCHEMA, p.exif_transpose))
         image, shape = decoded[p.exif_transpose], shapes[p.exif_transpose]
         out_h, out_w = p.size
         interp = getattr(types.DALIInterpType, p.interp)
@@ -309,3 +355,43 @@ def write_model(folder: Path, params: list[DaliInput]) -> None:
     (version / "pipeline.json").write_text(parameters_json(params) + "\n")
     source = Path(triton_models.__file__).parent / "dali_preprocess.py"
     (version / "dali.py").write_text(source.read_text())
+
+
+def serialize(params: list[DaliInput] | None = None, *, device: str = "gpu") -> bytes:
+    """Build the GPU graph with the installed DALI and serialize it, as the DALI backend's autoserialize
+    does at model load (device_id=None: no GPU needed). Fails on any operator or argument this DALI's
+    schema lacks, so `docker build` fails instead of the server's first start."""
+    if params is None:
+        params = pipeline_parameters(specs.distinct_inputs(specs.DETECTORS.values()))
+    return pipeline(params, device=device, batch_size=DEFAULT_SERIALIZE_BATCH, device_id=None).serialize()
+
+
+DEFAULT_SERIALIZE_BATCH = 16
+
+
+def main(argv=None) -> int:
+    """python -m genguard.export.dali serialize [--out FILE]: the build-time check of docker/Dockerfile."""
+    import argparse
+
+    import nvidia.dali
+
+    parser = argparse.ArgumentParser(prog="python -m genguard.export.dali")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serialize", help="build and serialize the GPU preprocess graph with this DALI")
+    s.add_argument("--out", type=Path, default=None)
+    s.add_argument("--expect-version", default=None, help="fail unless nvidia.dali.__version__ is this")
+    args = parser.parse_args(argv)
+    version = nvidia.dali.__version__
+    if args.expect_version and version != args.expect_version:
+        print(f"error: DALI {version} here, expected {args.expect_version} (docker/Dockerfile DALI_VERSION)",
+              file=sys.stderr)
+        return 1
+    data = serialize()
+    if args.out:
+        args.out.write_bytes(data)
+    print(f"DALI {version}: the GPU preprocess pipeline builds and serializes ({len(data)} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
