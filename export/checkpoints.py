@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from genguard.export import weights as hub_weights
 from genguard.specs import DetectorSpec
 
 log = logging.getLogger("genguard.export")
@@ -95,6 +96,19 @@ def load(spec: DetectorSpec, source: str | Path | None = None) -> HeadsModule:
         )
     if is_random(source):
         warnings.warn(RANDOM_WARNING.format(name=spec.name), stacklevel=2)
+    if spec.format in ("transformers", "timm") and hub_weights.is_hub_id(source):
+        # hub id (ORG/NAME[@REVISION]): the files its loader reads are found in (or downloaded into) the
+        # hub cache first, with one clear error when they can't be; then the library loads them by hub id
+        # at the resolved commit, which is recorded as the revision served.
+        repo_id, requested = hub_weights.split_revision(str(source))
+        commit = hub_weights.resolve(spec, repo_id, requested)
+        if spec.format == "transformers":
+            model = _load_transformers(spec, repo_id, revision=commit)
+        else:
+            model = _load_timm(spec, f"{repo_id}@{commit}")
+        module = HeadsModule(model, spec).eval()
+        module.revision = commit
+        return module
     loader = {
         "transformers": _load_transformers,
         "timm": _load_timm,
@@ -149,10 +163,10 @@ def _check_data_config(spec: DetectorSpec, data_config: dict) -> None:
         )
 
 
-def _load_transformers(spec: DetectorSpec, source: str) -> nn.Module:
+def _load_transformers(spec: DetectorSpec, source: str, revision: str | None = None) -> nn.Module:
     from transformers import AutoConfig, AutoModelForImageClassification
 
-    config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=False)
     if spec.architecture == "siglip":
         if config.model_type != "siglip":
             raise CheckpointMismatch(f"{spec.name}: expected a siglip checkpoint, got model_type={config.model_type}")
@@ -161,7 +175,7 @@ def _load_transformers(spec: DetectorSpec, source: str) -> nn.Module:
             raise CheckpointMismatch(
                 f"{spec.name}: checkpoint image_size {vision.image_size} != spec size {spec.input.size}"
             )
-        check_siglip_processor(spec, source)
+        check_siglip_processor(spec, source, revision)
     else:
         arch = getattr(config, "architecture", "") or ""
         if config.model_type != "timm_wrapper" or arch.split(".")[0] != spec.architecture:
@@ -170,7 +184,8 @@ def _load_transformers(spec: DetectorSpec, source: str) -> nn.Module:
                 f"got model_type={config.model_type} architecture={arch}"
             )
     _check_labels(spec, [config.id2label[i] for i in sorted(config.id2label)])
-    model = AutoModelForImageClassification.from_pretrained(source, config=config, trust_remote_code=False)
+    model = AutoModelForImageClassification.from_pretrained(source, config=config, revision=revision,
+                                                            trust_remote_code=False)
     if config.model_type == "timm_wrapper":
         from timm.data import resolve_data_config
 
@@ -178,18 +193,22 @@ def _load_transformers(spec: DetectorSpec, source: str) -> nn.Module:
     return model
 
 
-def siglip_processor(source: str):
+def siglip_processor(source: str, revision: str | None = None):
     """The checkpoint's own image processor on transformers' Pillow backend, as the card installs it
-    (no torchvision); with torchvision present transformers would otherwise pick torchvision's."""
+    (no torchvision); with torchvision present transformers would otherwise pick torchvision's.
+    source may be a hub id with @REVISION; `revision` (a resolved commit) takes precedence."""
     from transformers import AutoImageProcessor
 
-    return AutoImageProcessor.from_pretrained(source, backend="pil")
+    if hub_weights.is_hub_id(source):
+        source, requested = hub_weights.split_revision(source)
+        revision = revision or requested
+    return AutoImageProcessor.from_pretrained(source, backend="pil", revision=revision)
 
 
-def check_siglip_processor(spec: DetectorSpec, source: str) -> None:
+def check_siglip_processor(spec: DetectorSpec, source: str, revision: str | None = None) -> None:
     from PIL import Image
 
-    proc = siglip_processor(source)
+    proc = siglip_processor(source, revision)
     filters = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
     got = {
         "size": (proc.size["height"], proc.size["width"]),

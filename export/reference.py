@@ -25,7 +25,7 @@ FREEPIK_TIMM_CFG = "eva02_base_patch14_448.mim_in22k_ft_in22k_in1k"
 def reference_transform(spec: DetectorSpec, model: HeadsModule, source: str | None):
     """A callable PIL RGB image -> float32 CHW torch tensor, the card's way."""
     if spec.format == "transformers" and spec.architecture == "siglip":
-        processor = siglip_processor(source)
+        processor = siglip_processor(source, getattr(model, "revision", None))  # the commit loaded
         return lambda img: processor(images=img, return_tensors="pt")["pixel_values"][0]
     from timm.data import create_transform, resolve_data_config
 
