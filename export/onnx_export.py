@@ -154,6 +154,7 @@ def export_detector(
             "detector": spec.name,
             "weights": weights,
             "checkpoint": str(source),
+            "revision": getattr(module, "revision", None),  # hub commit loaded; None for local paths
             "heads": {h.name: list(h.labels) for h in spec.heads},
             "input": spec.input.name,
         },
@@ -164,6 +165,7 @@ def export_detector(
         "detector": spec.name,
         "weights": weights,
         "checkpoint": str(source),
+        "revision": getattr(module, "revision", None),
         "onnx": str(onnx_path),
         "onnx_sha256": sha256(onnx_path),
         "opset": OPSET,
