@@ -1,4 +1,5 @@
-"""`genguard detect` and `genguard health`: a thin shell over genguard.client.Client."""
+"""`genguard detect` and `genguard health`: a thin shell over genguard.client.Client (`evaluate` and
+`calibrate` live in genguard.calibration.cli)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("health", parents=[connection], epilog=EXIT_CODES,
                    formatter_class=argparse.RawDescriptionHelpFormatter,
                    help="is the server live and ready, and each model loaded?")
+    from genguard.calibration.cli import add_parsers as calibration_parsers  # evaluate, calibrate
+
+    calibration_parsers(sub, connection, EXIT_CODES)
     return parser
 
 
@@ -225,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     try:
+        if args.command in ("evaluate", "calibrate"):
+            from genguard.calibration import cli as calibration_cli
+
+            return getattr(calibration_cli, args.command)(args, _client)
         return detect(args, parser) if args.command == "detect" else health(args)
     except GenGuardError as exc:  # not one of the documented cases: say so rather than dump a trace
         print(f"genguard: {exc}", file=sys.stderr)
