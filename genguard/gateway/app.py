@@ -1,0 +1,74 @@
+"""The app factory: create_app(Settings) -> the FastAPI ASGI app."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .engine import Engine
+from .errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler, validation_error_handler
+from .limits import ApiKeys, BodyLimit, Limiter
+from .metrics import Metrics, MetricsMiddleware
+from .routers import detect, health, hive, models
+from .settings import Settings, SettingsError, read_keys
+from .state import GatewayState
+
+log = logging.getLogger("genguard.gateway")
+
+DESCRIPTION = """AI-generated image detection (and NSFW levels) from GenGuard's Triton ensemble.
+
+- `POST /v1/cv/hive/ai-generated-image-detection`: Hive's NIM request and response (`?extended=true`: GenGuard's
+  full documents).
+- `POST /v1/detect`: multipart upload (`file` fields) or the same JSON; GenGuard's documents with names.
+- Authentication: `Authorization: Bearer <key>` (off only on a loopback-bound gateway without a keys file).
+- Every error is `{"error": {"code", "message"}}`; a bad image is that image's `FAILURE`, never the request's.
+"""
+
+
+def create_app(settings: Settings | None = None, keys: list[str] | None = None) -> FastAPI:
+    """keys: API keys (default: read from settings.api_keys_file). Without keys the gateway must be
+    bound to loopback: SettingsError otherwise."""
+    settings = settings or Settings()
+    if keys is None and settings.api_keys_file:
+        keys = read_keys(settings.api_keys_file)
+    if not keys and not settings.loopback:
+        raise SettingsError(f"refusing to serve on {settings.host} without API keys: give --api-keys-file "
+                            "(GENGUARD_GATEWAY_API_KEYS_FILE), or bind to 127.0.0.1")
+    limiter = Limiter(settings.max_concurrency, settings.max_queue, settings.retry_after_s)
+    engine = Engine(settings, limiter)
+    metrics = Metrics(limiter)
+    state = GatewayState(settings, ApiKeys(keys), limiter, engine, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        log.info("GenGuard gateway -> Triton gRPC %s; API keys %s", settings.triton_url,
+                 f"on ({len(keys)})" if keys else "OFF (loopback only)")
+        yield
+        await engine.close()
+
+    app = FastAPI(title="GenGuard", version=_version(), description=DESCRIPTION, lifespan=lifespan,
+                  telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False,
+                             "auto_configure": False})
+    app.state.gateway = state
+    app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)
+    for module in (hive, detect, models, health):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every answer, 413s included
+    return app
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("genguard")
+    except Exception:
+        return "0"

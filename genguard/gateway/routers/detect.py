@@ -1,0 +1,72 @@
+"""POST /v1/detect: multipart upload (`file` fields) or Hive's JSON form; GenGuard's documents with names."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from ..errors import ApiError
+from ..inputs import check_count, decode_all, parse_json, validate
+from ..limits import require_key
+from ..schemas import ERROR_RESPONSES, DetectMultipart, DetectRequest, DetectResponse
+
+PATH = "/v1/detect"
+router = APIRouter(tags=["GenGuard"])
+
+BODY = {"required": True, "content": {
+    "multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"],
+        "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                "description": DetectMultipart.model_fields["file"].description}}}},
+    "application/json": {"schema": DetectRequest.model_json_schema()},
+}}
+
+
+async def _multipart(request: Request, max_images: int) -> tuple[list[bytes], list[str]]:
+    try:
+        # One more file than allowed, so that "too many" is ours to say (422), with the count.
+        form = await request.form(max_files=max_images + 1, max_fields=16)
+    except HTTPException as exc:
+        raise ApiError(422, "invalid_multipart", f"the multipart body could not be read: {exc.detail}") from None
+    try:
+        files = [v for k, v in form.multi_items() if k == "file" and not isinstance(v, str)]
+        others = sorted({k for k, v in form.multi_items() if k != "file" or isinstance(v, str)})
+        if others:
+            raise ApiError(422, "invalid_request", f"unexpected form field(s) {', '.join(others)}: send each image "
+                                                   "as a file in a field named `file`")
+        if not files:
+            raise ApiError(422, "no_images", "no `file` field: send each image as a file in a field named `file`")
+        check_count(len(files), max_images)
+        images = [await f.read() for f in files]
+        names = [f.filename or f"file[{i}]" for i, f in enumerate(files)]
+    finally:
+        await form.close()
+    return images, names
+
+
+@router.post(PATH, dependencies=[Depends(require_key)], response_model=DetectResponse, responses=ERROR_RESPONSES,
+             openapi_extra={"requestBody": BODY}, summary="Detect: upload files, or data URLs in JSON")
+async def detect(request: Request):
+    """Multipart: one or many `file` fields (`curl -F file=@a.jpg -F file=@b.png`). JSON: `{"input":
+    ["data:image/<type>;base64,..."], "names": [...]}`. Answers GenGuard's full document per image, in
+    order, with `index` and `name`; a bad image is that item's FAILURE."""
+    state = request.app.state.gateway
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    async with state.limiter.admit():
+        if kind == "multipart/form-data":
+            images, names = await _multipart(request, state.settings.max_images)
+        elif kind == "application/json" or kind.endswith("+json"):
+            body = validate(DetectRequest, parse_json(await request.body()), request.headers)
+            images = decode_all(body.input, state.settings.max_images)
+            if body.names is not None and len(body.names) != len(body.input):
+                raise ApiError(422, "invalid_request",
+                               f"names has {len(body.names)} entries for {len(body.input)} inputs: give one per input")
+            names = body.names or [f"input[{i}]" for i in range(len(images))]
+            del body
+        else:
+            raise ApiError(415, "unsupported_media_type",
+                           f"Content-Type {kind or '(none)'} is not accepted here: send multipart/form-data with "
+                           "`file` fields, or application/json with data URLs")
+        docs = await state.answer(PATH, images)
+    return JSONResponse({"data": [{**d, "name": n} for d, n in zip(docs, names)]})

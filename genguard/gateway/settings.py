@@ -1,0 +1,83 @@
+"""The gateway's settings: one dataclass, filled from flags (`genguard gateway --help`) or the
+environment (GENGUARD_GATEWAY_*, what the server image and Kubernetes set)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+HOST, PORT = "127.0.0.1", 8080
+ENV_PREFIX = "GENGUARD_GATEWAY_"
+
+
+class SettingsError(ValueError):
+    """A setting that can't work (say which one and what to do)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    triton_url: str = "127.0.0.1:8001"   # Triton's gRPC host:port
+    host: str = HOST
+    port: int = PORT
+    api_keys_file: str | None = None      # one key per line (# comments); required off loopback
+    max_body_bytes: int = 64 << 20        # a request body larger than this is refused (413) while reading
+    max_images: int = 64                  # images per request
+    deadline_s: float = 60.0              # queue wait + inference, per request (504 after)
+    max_concurrency: int = 8              # requests forwarded to Triton at once
+    max_queue: int = 32                   # admitted requests waiting for one of those slots (429 beyond)
+    retry_after_s: int = 1                # Retry-After on 429 and 503
+    triton_retries: int = 1               # reconnect attempts before answering 503
+    triton_backoff_s: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1 or self.max_images < 1 or self.max_concurrency < 1 or self.max_queue < 0:
+            raise SettingsError("max_body_bytes, max_images and max_concurrency must be >= 1, max_queue >= 0")
+        if self.deadline_s <= 0 or self.retry_after_s < 0 or self.triton_retries < 0 or self.triton_backoff_s < 0:
+            raise SettingsError("deadline_s must be > 0; retry_after_s, triton_retries, triton_backoff_s >= 0")
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
+        """Defaults, then GENGUARD_GATEWAY_<FIELD> variables, then the overrides that are not None."""
+        environ = os.environ if environ is None else environ
+        values: dict = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw not in (None, ""):
+                kind = type(getattr(cls, f.name)) if getattr(cls, f.name) is not None else str
+                try:
+                    values[f.name] = kind(raw)
+                except ValueError as exc:
+                    raise SettingsError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {exc}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def read_keys(path: str | os.PathLike) -> list[str]:
+    """API keys from a file (or a mounted Secret): one per line, blank lines and # comments ignored."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SettingsError(f"cannot read the API keys file {path}: {exc.strerror or exc}") from None
+    keys = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not keys:
+        raise SettingsError(f"the API keys file {path} holds no key: one key per line")
+    short = [k for k in keys if len(k) < 16]
+    if short:
+        raise SettingsError(f"the API keys file {path} has {len(short)} key(s) shorter than 16 characters: "
+                            "use long random keys (e.g. `openssl rand -hex 32`)")
+    return keys
