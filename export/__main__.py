@@ -17,6 +17,7 @@ from pathlib import Path
 from genguard import specs
 from genguard.export.checkpoints import RANDOM_WARNING, CheckpointMismatch, write_random_checkpoint
 from genguard.export.onnx_export import export_detector
+from genguard.export.weights import is_hub_id
 
 
 class UsageError(ValueError):
@@ -49,6 +50,8 @@ def parse_args(argv=None):
     parser.add_argument("--detectors", default="", help="comma-separated subset (default: all that apply)")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH_OR_HUB_ID",
                         help="checkpoint for one detector (repeatable)")
+    parser.add_argument("--revision", action="append", default=[], metavar="NAME=REV",
+                        help="pin a hub checkpoint's revision (commit, branch or tag; default main)")
     parser.add_argument("--labels", action="append", default=[], metavar="NAME=HEAD:L0,L1,...",
                         help="reorder a head's labels, e.g. sumsub_sd=sd:stable_diffusion,real")
     parser.add_argument("--tiny", action="store_true", help="random weights, reduced depth (tests)")
@@ -78,6 +81,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         checkpoints = _pairs(args.checkpoint, "checkpoint")
+        revisions = _pairs(args.revision, "revision")
         chosen = selected_specs(args)
     except UsageError as exc:
         print(f"python -m genguard.export: error: {exc}", file=sys.stderr)
@@ -91,6 +95,12 @@ def main(argv=None) -> int:
             source = write_random_checkpoint(spec, args.build / "checkpoints" / spec.name, tiny=args.tiny)
         else:
             source = checkpoints.get(spec.name, spec.source)
+            if spec.name in revisions:  # hub id@revision (timm's spelling); a local path has no revision
+                if source is None or not is_hub_id(source):
+                    print(f"python -m genguard.export: error: --revision {spec.name}=...: {source} is not a hub id",
+                          file=sys.stderr)
+                    return 2
+                source = f"{source.split('@')[0]}@{revisions[spec.name]}"
         print(f"==> {spec.name}: {source}", file=sys.stderr, flush=True)
         try:
             with warnings.catch_warnings():
