@@ -93,10 +93,12 @@ def _logit(p: float) -> float:
 class Fuser:
     """Fuses one image's head logits into its answer; built once per served configuration."""
 
-    def __init__(self, detectors: list[DetectorSpec], config: FusionConfig, weights: dict[str, str]):
+    def __init__(self, detectors: list[DetectorSpec], config: FusionConfig, weights: dict[str, str],
+                 revisions: dict[str, str | None] | None = None):
         self.detectors = detectors
         self.config = config
         self.weights_used = weights  # detector -> "real" | "random"
+        self.revisions = revisions or {}  # detector -> hub commit served (None: local path or random)
         self.sources = source_names(detectors)
         self.nsfw = nsfw_labels(detectors)
         if self.nsfw and config.nsfw_level not in self.nsfw[1:]:
@@ -185,6 +187,7 @@ class Fuser:
         else:
             doc.update({"is_ai_generated": None, "verdict": None, "possible_sources": None, "source": None})
         doc["weights"] = self.weights_used
+        doc["revisions"] = self.revisions
         doc["fusion"] = {"rule": self.config.rule, "threshold": self.config.threshold}
         if self.warnings:
             doc["warnings"] = self.warnings
