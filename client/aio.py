@@ -185,4 +185,5 @@ class AsyncClient(BaseClient):
         for name in steps:
             models[name] = await self.is_model_ready(name)
         post = await self._config_or_none(protocol.POSTPROCESS) if protocol.POSTPROCESS in steps else None
-        return Health(self.url, self.protocol, live, ready, models, self._weights(post))
+        return Health(self.url, self.protocol, live, ready, models, self._weights(post),
+                      self._weights(post, "revisions"))

@@ -29,6 +29,7 @@ class Health:
     ready: bool
     models: dict[str, bool] = field(default_factory=dict)   # the ensemble and each of its steps -> ready
     weights: dict[str, str] = field(default_factory=dict)   # detector -> real | random, when the server says
+    revisions: dict[str, str | None] = field(default_factory=dict)  # detector -> hub commit served (None: local/random)
 
     @property
     def ok(self) -> bool:
@@ -126,9 +127,10 @@ class BaseClient:
         return [step["model_name"] for step in (config or {}).get("ensemble_scheduling", {}).get("step", [])]
 
     @staticmethod
-    def _weights(config: dict | None) -> dict[str, str]:
-        """detector -> real | random, from the postprocess config (best effort: {} if absent)."""
-        raw = (config or {}).get("parameters", {}).get("weights", {}).get("string_value")
+    def _weights(config: dict | None, key: str = "weights") -> dict[str, str]:
+        """detector -> real | random (key "revisions": detector -> hub commit), from the postprocess
+        config (best effort: {} if absent)."""
+        raw = (config or {}).get("parameters", {}).get(key, {}).get("string_value")
         try:
             return json.loads(raw) if raw else {}
         except ValueError:

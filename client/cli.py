@@ -208,7 +208,11 @@ def health(args) -> int:
     print(f"GenGuard at {status.url} ({status.protocol}): live {yes[status.live]}, ready {yes[status.ready]}")
     width = max(len(name) for name in status.models)
     for name, ready in status.models.items():
-        print(f"  {name.ljust(width)}  {'ready' if ready else 'NOT READY'}")
+        weights = ""
+        if name in status.weights:  # a detector: which weights, and the hub revision it serves
+            revision = status.revisions.get(name)
+            weights = f"  {status.weights[name]} weights" + (f", revision {revision}" if revision else "")
+        print(f"  {name.ljust(width)}  {'ready' if ready else 'NOT READY'}{weights}")
     random = sorted(d for d, w in status.weights.items() if w == "random")
     if random:
         print(f"genguard: WARNING: {', '.join(random)} run random weights: their scores are meaningless",

@@ -69,6 +69,7 @@ class Result:
     detectors: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     image: ImageInfo | None = None
     weights: dict[str, str] = field(default_factory=dict)  # detector -> "real" | "random"
+    revisions: dict[str, str | None] = field(default_factory=dict)  # detector -> hub commit (None: local/random)
     fusion: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the server's document, as sent
@@ -117,6 +118,7 @@ class Result:
             detectors=doc.get("detectors") or {},
             image=ImageInfo(image.get("width"), image.get("height"), image.get("format")) if image else None,
             weights=doc.get("weights") or {},
+            revisions=doc.get("revisions") or {},
             fusion=doc.get("fusion") or {},
             warnings=list(doc.get("warnings") or []),
             raw=doc,

@@ -225,4 +225,5 @@ class Client(BaseClient):
         steps = self._steps(config)
         models.update((name, self.is_model_ready(name)) for name in steps)
         post = self._config_or_none(protocol.POSTPROCESS) if protocol.POSTPROCESS in steps else None
-        return Health(self.url, self.protocol, live, ready, models, self._weights(post))
+        return Health(self.url, self.protocol, live, ready, models, self._weights(post),
+                      self._weights(post, "revisions"))
