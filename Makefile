@@ -7,6 +7,8 @@ BUILD ?= build
 # real: each spec's checkpoint (hub id, or CHECKPOINTS="name=/path ..."); random: offline test weights
 WEIGHTS ?= real
 CHECKPOINTS ?=
+# pin hub checkpoints: REVISIONS="opensdi_flux=<commit> sumsub_sd=<commit> ..." (default: main)
+REVISIONS ?=
 # reorder a head's labels, e.g. LABELS="sumsub_sd=sd:stable_diffusion,real"
 LABELS ?=
 DETECTORS ?=
@@ -17,9 +19,9 @@ ORT_OPT ?= all
 ORT_THREADS ?= 0
 
 EXPORT_ARGS = --weights $(WEIGHTS) --build $(BUILD) $(if $(DETECTORS),--detectors $(DETECTORS)) \
-	$(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(foreach l,$(LABELS),--labels $(l))
+	$(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(foreach r,$(REVISIONS),--revision $(r)) $(foreach l,$(LABELS),--labels $(l))
 
-.PHONY: setup test export quantize repository serve stop bench bench-compare soak gpu-check image clean
+.PHONY: setup test export quantize repository serve stop bench bench-compare soak gpu-check image clean weights weights-unpack
 
 # Dependencies are reinstalled only when pyproject.toml changes; the editable install of this
 # checkout is refreshed every time (a cached venv may have been made from another clone).
@@ -39,6 +41,17 @@ test: setup
 export: setup
 	$(BIN)/python -m genguard.export $(EXPORT_ARGS)
 
+# Air-gapped installs (README "Air-gapped install"). Connected machine: fetch the hub checkpoints into the
+# Hugging Face cache and pack them with a sha256 manifest into $(WEIGHTS_PACK). Offline machine:
+# make weights-unpack WEIGHTS_PACK=/path/genguard-weights.tar, then HF_HUB_OFFLINE=1 make serve CHECKPOINTS=...
+WEIGHTS_PACK ?= $(BUILD)/weights/genguard-weights.tar
+weights: setup
+	$(BIN)/python -m genguard.export.weights download $(foreach r,$(REVISIONS),--revision $(r))
+	$(BIN)/python -m genguard.export.weights pack --out $(WEIGHTS_PACK) $(foreach r,$(REVISIONS),--revision $(r))
+
+weights-unpack: setup
+	$(BIN)/python -m genguard.export.weights unpack $(WEIGHTS_PACK)
+
 # INT8 speed option: model.int8.onnx per detector within its accuracy budget (figures in parity.json)
 quantize: setup
 	$(BIN)/python -m genguard.export.quantize --build $(BUILD)
@@ -50,6 +63,7 @@ repository: setup
 # Export if needed, render the cpu repository, start tritonserver on 127.0.0.1:8000/8001/8002, wait ready.
 serve: setup
 	$(BIN)/python -m genguard.server serve --weights $(WEIGHTS) --build $(BUILD) $(foreach c,$(CHECKPOINTS),--checkpoint $(c)) \
+		$(foreach r,$(REVISIONS),--revision $(r)) \
 		--ort-optimization $(ORT_OPT) --ort-threads $(ORT_THREADS) $(if $(INT8),--int8)
 
 stop:

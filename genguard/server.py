@@ -181,6 +181,8 @@ def serve(args) -> int:
         export_args = ["--weights", args.weights, "--build", str(build)]
         for checkpoint in args.checkpoint:
             export_args += ["--checkpoint", checkpoint]
+        for revision in args.revision:
+            export_args += ["--revision", revision]
         if export_main(export_args) != 0:
             return 1
     try:
@@ -280,6 +282,8 @@ def main(argv=None) -> int:
     serve_p = sub.choices["serve"]
     serve_p.add_argument("--weights", choices=("real", "random"), default="real")
     serve_p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH")
+    serve_p.add_argument("--revision", action="append", default=[], metavar="NAME=REV",
+                         help="pin a hub checkpoint's revision (commit, branch or tag)")
     serve_p.add_argument("--http-port", type=int, default=HTTP_PORT)
     serve_p.add_argument("--grpc-port", type=int, default=GRPC_PORT)
     serve_p.add_argument("--metrics-port", type=int, default=METRICS_PORT)
