@@ -120,12 +120,14 @@ def ways_out(spec: DetectorSpec) -> str:
     )
 
 
-def _unavailable(spec: DetectorSpec, repo_id: str, revision: str, cache: Path, why: str) -> WeightsUnavailable:
+def _unavailable(spec: DetectorSpec, repo_id: str, revision: str, cache: Path, why: str,
+                 unreachable: bool = True) -> WeightsUnavailable:
     reach = ("the hub is switched off (HF_HUB_OFFLINE=1)" if offline()
              else "the hub could not be reached from here")
     return WeightsUnavailable(
-        f"{spec.name}: cannot load {repo_id} (revision {revision}): {why}, and {reach}. "
-        f"Hugging Face cache searched: {cache}. " + ways_out(spec)
+        f"{spec.name}: cannot load {repo_id} (revision {revision}): {why}"
+        + (f", and {reach}. " if unreachable else ". ")
+        + f"Hugging Face cache searched: {cache}. " + ways_out(spec)
     )
 
 
@@ -145,14 +147,15 @@ def resolve(spec: DetectorSpec, repo_id: str, revision: str = DEFAULT_REVISION, 
     try:
         folder = Path(hub.snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
                                             cache_dir=str(root)))
+    except HfHubHTTPError as exc:  # reached, and refused: unknown repo or revision, gated, ...
+        raise _unavailable(spec, repo_id, revision, root, f"the hub refused it ({exc.__class__.__name__}: "
+                           f"{str(exc).splitlines()[0][:200]})", unreachable=False) from exc
     except (EntryNotFoundError, OSError) as exc:  # LocalEntryNotFoundError is both
         raise _unavailable(spec, repo_id, revision, root, "it is not in the local cache") from exc
-    except HfHubHTTPError as exc:
-        raise _unavailable(spec, repo_id, revision, root, f"the hub refused ({exc.__class__.__name__})") from exc
     missing = _missing(folder, groups)
     if missing:
         raise _unavailable(spec, repo_id, revision, root,
-                           f"the cached snapshot {folder.name} lacks {', '.join(missing)}")
+                           f"the cached snapshot {folder.name} lacks {', '.join(missing)}", unreachable=offline())
     if not COMMIT.fullmatch(folder.name):
         raise WeightsError(f"{spec.name}: unexpected snapshot folder {folder}")
     return folder.name
