@@ -8,6 +8,7 @@ import triton_python_backend_utils as pb_utils
 
 from genguard import protocol, specs
 from genguard.fusion import FusionConfig, Fuser
+from genguard.triton_models import metrics
 
 
 def parameters(config: dict) -> dict[str, str]:
@@ -33,6 +34,8 @@ class TritonPythonModel:
         self.fuser = Fuser(self.detectors, FusionConfig.from_json(params.get("fusion", "")),
                            json.loads(params["weights"]))
         self.output_names = {o["name"] for o in config["output"]}
+        self.metrics = metrics.AnswerMetrics(pb_utils, json.loads(params["weights"]), self.fuser.sources,
+                                             self.fuser.nsfw)
         for warning in self.fuser.warnings:
             pb_utils.Logger.log_warn(warning)
             print("!" * 20 + " " + warning + " " + "!" * 20, file=sys.stderr, flush=True)
@@ -55,6 +58,7 @@ class TritonPythonModel:
             except Exception as exc:  # one image's failure stays its own
                 docs.append(self.fuser.answer(i, {"ok": False, "reason": "internal",
                                                   "message": f"postprocessing failed: {exc!r}"}, None))
+        self.metrics.record(docs, [json.loads(raw).get("ok") for raw in infos])
         return pb_utils.InferenceResponse(output_tensors=self._tensors(docs))
 
     def _tensors(self, docs):
@@ -76,3 +80,6 @@ class TritonPythonModel:
                     nsfw[i] = [d["nsfw"]["scores"][l] for l in self.fuser.nsfw]
             tensors.append(pb_utils.Tensor(protocol.NSFW_SCORES, nsfw))
         return tensors
+
+    def finalize(self):
+        self.metrics.close()

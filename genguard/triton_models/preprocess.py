@@ -12,6 +12,7 @@ import triton_python_backend_utils as pb_utils
 
 from genguard import protocol, specs
 from genguard.preprocess import DecodeLimits, ImageRejected, preprocess_bytes
+from genguard.triton_models import metrics
 
 
 def parameters(config: dict) -> dict[str, str]:
@@ -30,6 +31,7 @@ class TritonPythonModel:
         # Pillow releases the GIL while decoding and resizing, so threads decode images in parallel.
         threads = int(params.get("decode_threads", "0")) or os.cpu_count() or 1
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        self.metrics = metrics.RefusalMetrics(pb_utils, args["model_name"])
 
     def _one(self, data: bytes):
         try:
@@ -47,6 +49,7 @@ class TritonPythonModel:
             images = pb_utils.get_input_tensor_by_name(request, protocol.INPUT).as_numpy()
             images = images.reshape(images.shape[0], -1)
             results = list(self.pool.map(self._one, (row.tobytes() for row in images)))
+            self.metrics.record(info for info, _ in results)
             outputs = []
             for name, spec in self.inputs.items():
                 batch = np.zeros((len(results), *spec.shape), dtype=np.float32)
@@ -61,3 +64,4 @@ class TritonPythonModel:
 
     def finalize(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.metrics.close()

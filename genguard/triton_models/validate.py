@@ -15,6 +15,7 @@ import triton_python_backend_utils as pb_utils
 from genguard import protocol
 from genguard.export.dali import DALI_INPUT, pack, screen
 from genguard.preprocess import DecodeLimits
+from genguard.triton_models import metrics
 
 
 def parameters(config: dict) -> dict[str, str]:
@@ -31,6 +32,7 @@ class TritonPythonModel:
         self.verify = params.get("verify", "header")
         threads = int(params.get("threads", "0")) or os.cpu_count() or 1
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="screen")
+        self.metrics = metrics.RefusalMetrics(pb_utils, args["model_name"])
 
     def _one(self, data: bytes):
         try:
@@ -47,6 +49,7 @@ class TritonPythonModel:
             images = pb_utils.get_input_tensor_by_name(request, protocol.INPUT).as_numpy()
             images = images.reshape(images.shape[0], -1)
             screened = list(self.pool.map(self._one, (row.tobytes() for row in images)))
+            self.metrics.record(s.info for s in screened)
             infos = np.array([[json.dumps(s.info).encode()] for s in screened], dtype=np.object_)
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor(DALI_INPUT, pack([s.payload for s in screened])),
@@ -56,3 +59,4 @@ class TritonPythonModel:
 
     def finalize(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.metrics.close()
