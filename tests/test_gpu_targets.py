@@ -293,11 +293,26 @@ class _FakeTensor:
         return self.array
 
 
+class _FakeMetricFamily:
+    """pb_utils.MetricFamily's surface; values land in `values[(family, sorted labels)]`."""
+    COUNTER, GAUGE, HISTOGRAM = "COUNTER", "GAUGE", "HISTOGRAM"
+    values: dict = {}
+
+    def __init__(self, name, description, kind):
+        self.name = name
+
+    def Metric(self, labels=None, buckets=None):
+        key = (self.name, tuple(sorted((labels or {}).items())))
+        self.values.setdefault(key, 0.0)
+        return types.SimpleNamespace(increment=lambda n: self.values.__setitem__(key, self.values[key] + n))
+
+
 def _fake_pb_utils():
     module = types.ModuleType("triton_python_backend_utils")
     module.Tensor = _FakeTensor
     module.InferenceResponse = lambda output_tensors, error=None: {t.name: t.array for t in output_tensors}
     module.get_input_tensor_by_name = lambda request, name: _FakeTensor(name, request[name])
+    module.MetricFamily = _FakeMetricFamily
     return module
 
 
@@ -323,6 +338,11 @@ def test_validate_model_answers_a_batch_with_bad_images(monkeypatch, repos):
     assert encoded.dtype == np.uint8 and encoded.shape[0] == 4
     assert encoded[1].tobytes().rstrip(b"\0") == dali.placeholder().rstrip(b"\0")
     assert encoded[3].tobytes()[: len(photos["rocket.jpg"])] == photos["rocket.jpg"]
+    # refusals counted by reason (genguard_image_failures_total{model="validate"}); the real server's
+    # counters are checked in tests/test_metrics.py
+    counted = {dict(k[1])["reason"]: v for k, v in _FakeMetricFamily.values.items()
+               if k[0] == "genguard_image_failures_total" and dict(k[1])["model"] == "validate"}
+    assert counted["truncated"] == 1 and counted["empty"] == 1 and sum(counted.values()) == 2
 
 
 # ---------------------------------------------------------------------------------------------------
