@@ -325,7 +325,7 @@ def test_validate_model_answers_a_batch_with_bad_images(monkeypatch, repos):
     model = module.TritonPythonModel()
     config = json.loads(json.dumps({"parameters": {k: {"string_value": v.string_value} for k, v in
                                                    read_config(repos["tensorrt"] / "validate").parameters.items()}}))
-    model.initialize({"model_config": json.dumps(config)})
+    model.initialize({"model_config": json.dumps(config), "model_name": "validate"})
     photos = samples.photos()
     images = [photos["chelsea.png"], _bad_images()["truncated"][0], b"", photos["rocket.jpg"]]
     (response,) = model.execute([{protocol.INPUT: protocol.pack_images(images)}])
