@@ -8,9 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .engine import Engine
-from .errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler, validation_error_handler
+from .errors import (ApiError, api_error_handler, disconnect_handler, http_error_handler, unexpected_error_handler,
+                     validation_error_handler)
 from .limits import ApiKeys, BodyLimit, Limiter
 from .metrics import Metrics, MetricsMiddleware
 from .routers import detect, health, hive, models
@@ -57,6 +59,7 @@ def create_app(settings: Settings | None = None, keys: list[str] | None = None) 
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(ClientDisconnect, disconnect_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
     for module in (hive, detect, models, health):
         app.include_router(module.router)

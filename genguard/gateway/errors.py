@@ -69,6 +69,11 @@ async def validation_error_handler(request: Request, exc) -> JSONResponse:
     return error_response(422, "invalid_request", message)
 
 
+async def disconnect_handler(request: Request, exc: Exception) -> JSONResponse:
+    """The client went away while sending its body: nobody will read this answer."""
+    return error_response(400, "client_disconnected", "the client closed the connection before sending its body")
+
+
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error",

@@ -59,7 +59,8 @@ class BodyTooLarge(ApiError):
     def __init__(self, limit: int):
         super().__init__(413, "body_too_large",
                          f"the request body is larger than this gateway's limit of {limit} bytes "
-                         f"({limit / (1 << 20):g} MiB): send fewer or smaller images per request")
+                         f"({limit / (1 << 20):g} MiB): send fewer or smaller images per request",
+                         {"Connection": "close"})  # the rest of the body is never read
 
 
 class BodyLimit:
@@ -110,8 +111,7 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         exc = BodyTooLarge(self.max_bytes)
-        # Connection: close: the rest of the body is never read.
-        await error_response(exc.status, exc.code, exc.message, {"Connection": "close"})(scope, receive, send)
+        await error_response(exc.status, exc.code, exc.message, exc.headers)(scope, receive, send)
 
 
 class Limiter:
