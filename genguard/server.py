@@ -201,15 +201,17 @@ def serve(args) -> int:
         pidfile.unlink(missing_ok=True)
         print(f"GenGuard failed to start: {exc}", file=sys.stderr)
         return 1
+    gateway = serve_gateway(build, ports, args.gateway_port)
     random = "" if args.weights == "real" else "\n  !!! RANDOM WEIGHTS: answers are meaningless (plumbing only) !!!"
     print(f"""GenGuard is ready (pid {process.pid}, log {log_file}, repository {repository}){random}
-  HTTP    http://{HOST}:{ports.http}   gRPC {HOST}:{ports.grpc}   metrics http://{HOST}:{ports.metrics}/metrics
+  HTTP    http://{HOST}:{ports.http}   gRPC {HOST}:{ports.grpc}   metrics http://{HOST}:{ports.metrics}/metrics{gateway}
   query:  {Path(sys.executable).parent}/genguard detect path/to/image.jpg
   stop:   make stop""")
     return 0
 
 
 def stop(args) -> int:
+    stop_gateway(Path(args.build))
     pidfile = Path(args.build) / "tritonserver.pid"
     if not pidfile.exists():
         print("no GenGuard server recorded (no pid file); nothing to stop")
@@ -218,6 +220,58 @@ def stop(args) -> int:
     print("stopped" if stop_pid(pid) else f"server {pid} was not running")
     pidfile.unlink()
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# the REST gateway next to it (genguard.gateway), for make serve / make stop
+
+GATEWAY_PORT = 8080
+
+
+def start_gateway(build: Path, ports: Ports, port: int = GATEWAY_PORT, timeout: float = 60) -> str:
+    """genguard.gateway on HOST:port (loopback: API keys optional, GENGUARD_GATEWAY_* honoured) forwarding
+    to this Triton's gRPC port; pid in build/gateway.pid, log in build/gateway.log. Returns its URL."""
+    pidfile, log_file = build / "gateway.pid", build / "gateway.log"
+    url = f"http://{HOST}:{port}"
+    command = [sys.executable, "-m", "genguard.gateway", "--host", HOST, "--port", str(port),
+               "--triton-url", f"{HOST}:{ports.grpc}"]
+    with open(log_file, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    pidfile.write_text(f"{process.pid}\n")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pidfile.unlink(missing_ok=True)
+            raise RuntimeError(f"the gateway exited with code {process.returncode}" + _log_tail(log_file))
+        try:
+            with urllib.request.urlopen(f"{url}/v1/health/live", timeout=2) as response:
+                if response.status == 200:
+                    return url
+        except OSError:
+            pass
+        time.sleep(0.3)
+    stop_gateway(build)
+    raise RuntimeError(f"the gateway did not answer on {url} within {timeout:.0f} s" + _log_tail(log_file))
+
+
+def serve_gateway(build: Path, ports: Ports, port: int) -> str:
+    """start_gateway for `make serve`: the lines it adds to the ready banner (port 0: no gateway)."""
+    if not port:
+        return ""
+    try:
+        url = start_gateway(build, ports, port)
+    except RuntimeError as exc:
+        print(f"GenGuard's REST gateway failed to start (Triton is up without it): {exc}", file=sys.stderr)
+        return "\n  REST    not running (see above)"
+    return f"\n  REST    {url}   docs {url}/docs   (log {build / 'gateway.log'})"
+
+
+def stop_gateway(build: Path) -> None:
+    pidfile = build / "gateway.pid"
+    if pidfile.exists():
+        pid = int(pidfile.read_text().strip())
+        print("gateway stopped" if stop_pid(pid, timeout=35) else f"gateway {pid} was not running")
+        pidfile.unlink(missing_ok=True)
 
 
 def probe(url: str, timeout: float = 30) -> str | None:
@@ -288,6 +342,8 @@ def main(argv=None) -> int:
     serve_p.add_argument("--grpc-port", type=int, default=GRPC_PORT)
     serve_p.add_argument("--metrics-port", type=int, default=METRICS_PORT)
     serve_p.add_argument("--timeout", type=float, default=300)
+    serve_p.add_argument("--gateway-port", type=int, default=GATEWAY_PORT,
+                         help=f"REST gateway on {HOST}:PORT next to Triton (0: none)")
     serve_p.add_argument("--int8", action="store_true", help="serve the INT8 models (speed option)")
     serve_p.add_argument("--ort-optimization", default="all", choices=("disable", "basic", "extended", "all"))
     serve_p.add_argument("--ort-threads", type=int, default=0, help="intra-op threads per detector (0: ORT default)")

@@ -457,3 +457,20 @@ def test_metrics(gateway):
     assert gateway.metric('genguard_gateway_image_failures_total{reason="truncated"}') == before + 1
     assert gateway.metric(f'genguard_gateway_images_total{{route="{HIVE}",status="SUCCESS"}}') >= 1
     assert gateway.metric(f'genguard_gateway_request_body_bytes_total{{route="{HIVE}"}}') > 0
+
+
+def test_make_serve_starts_and_stop_stops_the_gateway(triton, tmp_path, capsys):
+    from genguard import server
+
+    port = free_ports(1)[0]
+    url = server.start_gateway(tmp_path, triton.ports, port)
+    assert url == f"http://127.0.0.1:{port}"
+    pid = int((tmp_path / "gateway.pid").read_text())
+    assert requests.get(url + "/v1/health/ready", timeout=30).json() == {"status": "ready"}
+    server.stop_gateway(tmp_path)
+    assert "gateway stopped" in capsys.readouterr().out
+    assert not (tmp_path / "gateway.pid").exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url + "/v1/health/live", timeout=5)
