@@ -187,7 +187,16 @@ def serve(args) -> int:
             return 1
     try:
         cpu = CpuOptions(optimization=args.ort_optimization, intra_op_threads=args.ort_threads, int8=args.int8)
-        repository = render("cpu", build, cpu=cpu)
+        fusion = None
+        if getattr(args, "fusion", None):
+            from genguard.fusion import FusionConfig
+
+            try:  # e.g. `genguard calibrate`'s output
+                fusion = FusionConfig.from_json(Path(args.fusion).read_text())
+            except (OSError, ValueError, TypeError) as exc:
+                print(f"fusion configuration {args.fusion}: {exc}", file=sys.stderr)
+                return 1
+        repository = render("cpu", build, cpu=cpu, **({"fusion": fusion} if fusion else {}))
     except RepositoryError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -345,6 +354,8 @@ def main(argv=None) -> int:
     serve_p.add_argument("--gateway-port", type=int, default=GATEWAY_PORT,
                          help=f"REST gateway on {HOST}:PORT next to Triton (0: none)")
     serve_p.add_argument("--int8", action="store_true", help="serve the INT8 models (speed option)")
+    serve_p.add_argument("--fusion", default=None, metavar="FILE",
+                         help="JSON of FusionConfig fields (e.g. written by `genguard calibrate`)")
     serve_p.add_argument("--ort-optimization", default="all", choices=("disable", "basic", "extended", "all"))
     serve_p.add_argument("--ort-threads", type=int, default=0, help="intra-op threads per detector (0: ORT default)")
     args = parser.parse_args(argv)
