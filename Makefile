@@ -80,9 +80,13 @@ bench-compare: setup
 soak: setup
 	$(BIN)/python -m genguard.benchmarks.soak --minutes 10 --concurrency 16
 
-# GPU-only checks (TensorRT, DALI); each skips with a one-line reason where there is no GPU.
+# GPU checks in one table (engines vs ONNX Runtime, DALI on the GPU, perf_analyzer with GENGUARD_GPU_URL);
+# without a GPU one line and exit 0. On a GPU without trtexec, TensorRT comes from PyPI (.[gpu]).
 gpu-check: setup
-	$(BIN)/python -m pytest -m gpu -v -rs
+	@if $(BIN)/python -c "import sys; from genguard.export.tensorrt import gpu_absent_reason as r; sys.exit(r() is not None)" 2>/dev/null \
+		&& ! command -v trtexec >/dev/null && ! test -x /usr/src/tensorrt/bin/trtexec; then \
+		$(BIN)/pip install --disable-pip-version-check -q -e '.[gpu]'; fi
+	@$(BIN)/python -m genguard.export.gpu_check --build $(BUILD)
 
 IMAGE ?= genguard-server:latest
 image:

@@ -22,15 +22,22 @@ GPU_FLAG=(--gpu)
 CACHE="${GENGUARD_ENGINE_CACHE:-/engine-cache}"
 
 if [[ ! -f "$REPOSITORY/genguard/config.pbtxt" ]]; then
-    echo "genguard: no rendered repository at $REPOSITORY (make repository TARGET=$TARGET, copy it with" \
-         "--copy, mount it there or set GENGUARD_REPOSITORY)" >&2
+    echo "genguard: no rendered repository at $REPOSITORY (make repository TARGET=$TARGET, copy it," \
+         "mount it there or set GENGUARD_REPOSITORY)" >&2
     exit 64
 fi
-mkdir -p "$CACHE"
+# The image runs as uid 1000: a cache volume that ignores fsGroup (NFS, EFS) or a root-owned host
+# directory is refused here with the fix, not with a traceback from the first write.
+if [[ "$TARGET" != cpu ]] && ! { mkdir -p "$CACHE" 2>/dev/null && [[ -w "$CACHE" ]]; }; then
+    echo "genguard: the engine cache $CACHE is not writable by uid $(id -u) gid $(id -g). Fix: make the" \
+         "volume writable for them (chown -R $(id -u):$(id -g) <volume>, or an fsGroup/EFS access point" \
+         "with that uid/gid), or point GENGUARD_ENGINE_CACHE elsewhere" >&2
+    exit 73
+fi
 # onnx-gpu: ONNX Runtime's TensorRT EP caches engines in <cache>/onnxruntime/<detector> (the repository's
 # default --ort-cache); create the folders it writes to.
 for model in "$REPOSITORY"/*/; do
-    if [[ -f "$model/1/model.onnx" ]]; then mkdir -p "$CACHE/onnxruntime/$(basename "$model")"; fi
+    if [[ "$TARGET" != cpu && -f "$model/1/model.onnx" ]]; then mkdir -p "$CACHE/onnxruntime/$(basename "$model")"; fi
 done
 
 # tensorrt target: each detector carries onnx/engine.json. `build` also checks every plan's keys

@@ -435,6 +435,43 @@ def _render_gpu(target: str, out: Path, dets: list[ExportedDetector], inputs: di
             (source / RECIPE_FILE).write_text(engine_recipe(det, max_batch, gpu).to_json() + "\n")
 
 
+MIB = 1 << 20
+SHM_MARGIN = 256 * MIB  # python backend's own regions, IMAGE_INFO/RESULT strings, allocator slack
+
+
+def shm_bytes(target: str, max_batch: int, limits: DecodeLimits, inputs: dict[str, specs.InputSpec]) -> int:
+    """/dev/shm a server needs so a full batch of the largest accepted images passes through its
+    python-backend steps (Triton's python backend hands every tensor to and from its stub processes in
+    /dev/shm; Docker's default is 64 MiB).
+
+    GPU targets: the validate step holds its input IMAGE [max_batch, max_bytes] and its output ENCODED
+    (at most as large) at once. cpu target: the preprocess step's input, plus its float32 outputs, which
+    the python-backend detectors receive again through /dev/shm."""
+    encoded = max_batch * limits.max_bytes
+    if target in GPU_TARGETS:
+        need = 2 * encoded
+    else:
+        pixels = sum(4 * max_batch * 3 * spec.size[0] * spec.size[1] for spec in inputs.values())
+        need = encoded + 2 * pixels
+    return need + SHM_MARGIN
+
+
+def docker_run_command(target: str, repository: str | Path, *, max_batch: int = DEFAULT_MAX_BATCH,
+                       limits: DecodeLimits = DecodeLimits(), inputs: dict[str, specs.InputSpec] | None = None,
+                       image: str = "genguard-server:latest", cache_volume: str = "genguard-engines") -> list[str]:
+    """The `docker run` that serves a rendered repository with the server image (docker/README.md)."""
+    inputs = inputs if inputs is not None else specs.distinct_inputs(specs.DETECTORS.values())
+    shm_mib = -(-shm_bytes(target, max_batch, limits, inputs) // MIB)
+    command = ["docker", "run", "--rm"]
+    if target in GPU_TARGETS:
+        command.append("--gpus=all")
+    command += [f"--shm-size={shm_mib}m", "-p", "8000-8002:8000-8002",
+                # writable: the engine builder links plans into <detector>/1/ (uid 1000 in the image)
+                "-v", f"{Path(repository).resolve()}:/models/{target}",
+                "-v", f"{cache_volume}:/engine-cache", "-e", f"GENGUARD_TARGET={target}", image]
+    return command
+
+
 def _place(source: Path, target: Path, copy: bool) -> None:
     if target.is_symlink() or target.exists():
         target.unlink()
@@ -446,15 +483,19 @@ def _place(source: Path, target: Path, copy: bool) -> None:
 
 def render(target: str, build: Path, out: Path | None = None, *, detectors: list[str] | None = None,
            max_batch: int = DEFAULT_MAX_BATCH, fusion: FusionConfig = FusionConfig(),
-           limits: DecodeLimits = DecodeLimits(), cpu: CpuOptions = CpuOptions(), copy: bool = False,
+           limits: DecodeLimits = DecodeLimits(), cpu: CpuOptions = CpuOptions(), copy: bool | None = None,
            gpu: GpuOptions = GpuOptions()) -> Path:
     """Render build/model_repository/<target>/ (or `out`) and return its path.
 
-    copy=True copies model.onnx files instead of symlinking them (for images and volumes).
+    copy: copy model.onnx files (True) or symlink them to build/onnx (False). Default (None): copies for
+    the GPU targets, which are meant to be copied onto a volume or into an image where a symlink into
+    this machine's build/ would dangle; symlinks for the cpu target served in place by `make serve`.
     cpu: options of the cpu target; gpu: options of the onnx-gpu and tensorrt targets.
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
+    if copy is None:
+        copy = target in GPU_TARGETS
     dets = find_exports(build, detectors)
     out = Path(out) if out else build / "model_repository" / target
     if out.exists():
@@ -492,7 +533,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: BUILD/model_repository/TARGET")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH)
     parser.add_argument("--fusion", type=Path, default=None, help="JSON file of FusionConfig fields")
-    parser.add_argument("--copy", action="store_true", help="copy model.onnx files instead of symlinking")
+    files = parser.add_mutually_exclusive_group()
+    files.add_argument("--copy", dest="copy", action="store_const", const=True, default=None,
+                       help="copy model.onnx files (default for the GPU targets: a self-contained repository)")
+    files.add_argument("--link", dest="copy", action="store_const", const=False,
+                       help="symlink model.onnx files to BUILD/onnx (default for cpu; only where BUILD stays)")
     gpu_args = parser.add_argument_group("GPU targets (onnx-gpu, tensorrt)")
     gpu_args.add_argument("--instances", type=int, default=1, help="instances of each detector per GPU")
     gpu_args.add_argument("--gpus", default="", help="comma-separated GPU ids (default: all)")
@@ -516,6 +561,11 @@ def main(argv=None) -> int:
     if args.target == "tensorrt":
         print("engines are built on the serving GPU: python -m genguard.export.tensorrt build "
               f"--repository {out} --cache /engine-cache (the server image's entrypoint does this)")
+    if args.target in GPU_TARGETS:
+        import shlex
+
+        print("serve it with the server image (make image):\n  " + shlex.join(docker_run_command(
+            args.target, out, max_batch=args.max_batch)))
     return 0
 
 

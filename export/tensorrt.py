@@ -5,8 +5,12 @@ built on the serving machine with the server's own TensorRT (`trtexec` inside th
 container: the image's entrypoint, or a Kubernetes init container running the same image), and cached
 under a key of everything that determines the plan:
 
-    <cache>/sm<compute capability>-trt<TensorRT version>/<detector>-<ONNX sha256[:16]>-<recipe hash>/
+    <cache>/sm<compute capability>-trt<TensorRT version>-<GPU name>-<memory MiB>/<detector>-<ONNX sha256[:16]>-<recipe hash>/
         model.plan  model.plan.json (metadata: the keys, the recipe, the plan's own sha256)
+
+The GPU's product name and memory size are in the key because TensorRT's engines are specific to the
+device model they were built on, not only to its compute capability: an H100 PCIe, an H100 SXM and an
+H200 (all 9.0) sharing one cache volume each get their own plans.
 
 A restart finds its engines; another GPU or TensorRT computes another key and builds; a new ONNX export
 (another sha256) builds. `check` refuses a repository whose plans' metadata don't match this machine.
@@ -30,6 +34,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,15 +76,18 @@ class EngineError(RuntimeError):
 
 @dataclass(frozen=True)
 class Machine:
-    """What a plan is tied to. compute_capability "9.0"; tensorrt "10.11.0" (major.minor.patch)."""
+    """What a plan is tied to. compute_capability "9.0"; tensorrt "10.11.0" (major.minor.patch); gpu the
+    CUDA device name ("NVIDIA H100 80GB HBM3"); memory_mib its total memory (cuDeviceTotalMem)."""
 
     compute_capability: str
     tensorrt: str
-    gpu: str = ""  # informational (the key is the capability, not the product name)
+    gpu: str = ""
+    memory_mib: int = 0
 
     @property
     def key(self) -> str:
-        return f"sm{self.compute_capability.replace('.', '')}-trt{self.tensorrt}"
+        device = re.sub(r"[^a-z0-9]+", "-", self.gpu.lower()).strip("-") or "gpu"
+        return f"sm{self.compute_capability.replace('.', '')}-trt{self.tensorrt}-{device}-{self.memory_mib}m"
 
     @property
     def capability(self) -> tuple[int, int]:
@@ -139,6 +147,7 @@ def metadata(machine: Machine, onnx_sha256: str, recipe: Recipe, plan_sha256: st
         "compute_capability": machine.compute_capability,
         "tensorrt": machine.tensorrt,
         "gpu": machine.gpu,
+        "memory_mib": machine.memory_mib,
         "onnx_sha256": onnx_sha256,
         "plan_sha256": plan_sha256,
         "precision": effective_precision(recipe, machine),
@@ -157,6 +166,9 @@ def metadata_problems(meta: dict, machine: Machine, *, onnx_sha256: str | None =
                         f"this GPU is {machine.compute_capability}")
     if meta.get("tensorrt") != machine.tensorrt:
         problems.append(f"built with TensorRT {meta.get('tensorrt')}, this server has {machine.tensorrt}")
+    if (meta.get("gpu"), meta.get("memory_mib")) != (machine.gpu, machine.memory_mib):
+        problems.append(f"built on a {meta.get('gpu')} ({meta.get('memory_mib')} MiB), this GPU is a "
+                        f"{machine.gpu} ({machine.memory_mib} MiB): plans are specific to the device model")
     if onnx_sha256 is not None and meta.get("onnx_sha256") != onnx_sha256:
         problems.append(f"built from ONNX {str(meta.get('onnx_sha256'))[:16]}, the repository's is {onnx_sha256[:16]}")
     if recipe is not None and meta.get("recipe") != json.loads(json.dumps(asdict(recipe))):
@@ -205,9 +217,34 @@ def decode_trt_version(number: int) -> str:
     return f"{major}.{minor}.{patch}"
 
 
-def gpu_capability(device: int = 0) -> tuple[str, str]:
-    """(compute capability "M.m", product name) of one GPU, from the CUDA driver."""
-    cuda = _load_first(["libcuda.so.1", "libcuda.so"])
+CUDA_ERROR_NO_DEVICE = 100  # cuInit's answer where a driver is installed but no GPU is visible
+
+
+def _libcuda():
+    return _load_first(["libcuda.so.1", "libcuda.so"])
+
+
+def gpu_absent_reason() -> str | None:
+    """Why there is no GPU here (no driver library, cuInit says CUDA_ERROR_NO_DEVICE, zero devices), or
+    None when there is one. Any other CUDA error is a broken GPU setup, not an absent GPU: EngineError."""
+    cuda = _libcuda()
+    if cuda is None:
+        return "no NVIDIA driver (libcuda.so.1 not found)"
+    status = cuda.cuInit(0)
+    if status == CUDA_ERROR_NO_DEVICE:
+        return "the NVIDIA driver sees no GPU (cuInit: CUDA_ERROR_NO_DEVICE)"
+    if status != 0:
+        raise EngineError(f"cuInit failed (CUDA error {status}): a GPU driver is installed but unusable")
+    count = ctypes.c_int()
+    status = cuda.cuDeviceGetCount(ctypes.byref(count))
+    if status != 0:
+        raise EngineError(f"cuDeviceGetCount failed (CUDA error {status})")
+    return None if count.value > 0 else "the NVIDIA driver reports 0 GPUs"
+
+
+def gpu_info(device: int = 0) -> tuple[str, str, int]:
+    """(compute capability "M.m", product name, total memory in MiB) of one GPU, from the CUDA driver."""
+    cuda = _libcuda()
     if cuda is None:
         raise EngineError("no NVIDIA driver here (libcuda): engines are built on the GPU that serves them")
     check = lambda status, what: status == 0 or _raise(f"{what} failed (CUDA error {status})")  # noqa: E731
@@ -218,8 +255,16 @@ def gpu_capability(device: int = 0) -> tuple[str, str]:
     check(cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, handle), "compute capability major")  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
     check(cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, handle), "compute capability minor")  # ..._MINOR
     name = ctypes.create_string_buffer(256)
-    cuda.cuDeviceGetName(name, 256, handle)
-    return f"{major.value}.{minor.value}", name.value.decode(errors="replace")
+    check(cuda.cuDeviceGetName(name, 256, handle), "cuDeviceGetName")
+    memory = ctypes.c_size_t()
+    check(cuda.cuDeviceTotalMem_v2(ctypes.byref(memory), handle), "cuDeviceTotalMem_v2")
+    return f"{major.value}.{minor.value}", name.value.decode(errors="replace"), memory.value >> 20
+
+
+def gpu_capability(device: int = 0) -> tuple[str, str]:
+    """(compute capability "M.m", product name) of one GPU."""
+    capability, name, _ = gpu_info(device)
+    return capability, name
 
 
 def _raise(message):
@@ -227,8 +272,8 @@ def _raise(message):
 
 
 def this_machine(device: int = 0) -> Machine:
-    capability, name = gpu_capability(device)
-    return Machine(compute_capability=capability, tensorrt=tensorrt_version(), gpu=name)
+    capability, name, memory_mib = gpu_info(device)
+    return Machine(compute_capability=capability, tensorrt=tensorrt_version(), gpu=name, memory_mib=memory_mib)
 
 
 def find_trtexec() -> str:
@@ -306,7 +351,13 @@ def ensure_engine(model: Path, cache: Path, machine: Machine, *, run: Runner = _
                   trtexec: str | None = None) -> BuildReport:
     """The cached engine for one model folder (built if missing), linked into <model>/1/."""
     recipe = Recipe.from_json((model / ONNX_FOLDER / RECIPE_FILE).read_text())
-    onnx = (model / ONNX_FOLDER / "model.onnx").resolve()
+    source = model / ONNX_FOLDER / "model.onnx"
+    onnx = source.resolve()
+    if not onnx.is_file():
+        dangling = f" (a symlink to {os.readlink(source)}, which is not here)" if source.is_symlink() else ""
+        raise EngineError(f"{recipe.detector}: no ONNX model at {source}{dangling}: render the repository "
+                          "self-contained (python -m genguard.export.repository --target tensorrt, which "
+                          "copies by default) and copy that")
     onnx_sha = sha256_file(onnx)
     key = cache_key(machine, onnx_sha, recipe)
     folder = Path(cache) / key
@@ -345,6 +396,24 @@ def _link(link: Path, target: Path) -> None:
     os.symlink(target.resolve(), link)
 
 
+def ensure_writable(cache: Path) -> None:
+    """Fail with the fix, not a traceback, where the engine cache can't be written (an NFS/EFS volume
+    that ignores the pod's fsGroup, a root-owned host directory under a non-root image)."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=cache)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        uid, gid = os.getuid(), os.getgid()
+        raise EngineError(
+            f"the engine cache {cache} is not writable by uid {uid} gid {gid} ({exc.strerror or exc}). "
+            f"Fix: make it writable for that user, e.g. `chown -R {uid}:{gid} <volume>` (or chmod g+rwx for gid "
+            f"{gid}) once from a root shell or an init container; volumes whose driver ignores fsGroup (NFS, "
+            "EFS, some CSI drivers) need this, or a storage class that sets ownership (EFS access point "
+            f"uid/gid {uid}/{gid})") from None
+
+
 def build(repository: Path, cache: Path, machine: Machine | None = None, *, run: Runner = _run,
           trtexec: str | None = None, log=print) -> list[BuildReport]:
     """Build every missing engine of a rendered tensorrt repository into `cache` and link it in."""
@@ -353,6 +422,7 @@ def build(repository: Path, cache: Path, machine: Machine | None = None, *, run:
         raise EngineError(f"{repository}: no <model>/{ONNX_FOLDER}/{RECIPE_FILE}: not a rendered tensorrt "
                           "repository (make repository TARGET=tensorrt)")
     machine = machine or this_machine()
+    ensure_writable(Path(cache))
     log(f"engines for {machine.gpu or 'GPU'} (compute capability {machine.compute_capability}, "
         f"TensorRT {machine.tensorrt}) in {cache}")
     reports = []
