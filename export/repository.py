@@ -51,6 +51,7 @@ class ExportedDetector:
     onnx: Path
     weights: str  # "real" | "random"
     checkpoint: str
+    revision: str | None = None  # hub commit the export loaded (None: local path or random)
 
 
 def find_exports(build: Path, detectors: list[str] | None = None) -> list[ExportedDetector]:
@@ -74,7 +75,8 @@ def find_exports(build: Path, detectors: list[str] | None = None) -> list[Export
         meta = _onnx_metadata(onnx_path)
         for head, labels in meta["heads"].items():
             spec = specs.with_labels(spec, head, tuple(labels))
-        found.append(ExportedDetector(spec, onnx_path.resolve(), meta["weights"], meta["checkpoint"]))
+        found.append(ExportedDetector(spec, onnx_path.resolve(), meta["weights"], meta["checkpoint"],
+                                      meta.get("revision")))
     if problems:
         raise RepositoryError("cannot render the repository:\n  " + "\n  ".join(problems))
     return found
@@ -181,6 +183,7 @@ def postprocess_config(dets: list[ExportedDetector], max_batch: int, fusion: Fus
     _params(config,
             detectors={d.spec.name: {h.name: list(h.labels) for h in d.spec.heads} for d in dets},
             weights={d.spec.name: d.weights for d in dets},
+            revisions={d.spec.name: d.revision for d in dets},
             fusion=fusion.to_json())
     return config
 
