@@ -15,10 +15,10 @@ from .errors import GenGuardError, ModelNotReady, RequestRejected, RequestTimeou
 from .inputs import encode_png
 from .results import ErrorInfo, ImageInfo, NsfwResult, Result, hive_view, is_nsfw
 from .sync import Client
-from .transport import RetryEvent
+from .transport import TLS, RetryEvent
 
 __all__ = [
     "AsyncClient", "Client", "ErrorInfo", "GenGuardError", "Health", "ImageInfo", "ModelNotReady",
-    "NsfwResult", "RequestRejected", "RequestTimeout", "Result", "RetryEvent", "ServerUnavailable",
+    "NsfwResult", "RequestRejected", "RequestTimeout", "Result", "RetryEvent", "ServerUnavailable", "TLS",
     "encode_png", "hive_view", "is_nsfw",
 ]

@@ -43,7 +43,7 @@ class AsyncClient(BaseClient):
     def _client(self) -> AsyncTransport:
         # Made on first use, inside the running loop (aiohttp and grpc.aio bind to it).
         if self._transport is None:
-            self._transport = AsyncTransport(self.protocol, self.url, self.timeout)
+            self._transport = AsyncTransport(self.protocol, self.url, self.timeout, self.tls)
         return self._transport
 
     async def _call(self, fn: Callable[[AsyncTransport], Awaitable[Any]], *, lost: bool = False,

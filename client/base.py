@@ -14,7 +14,7 @@ from genguard import protocol
 from .errors import GenGuardError, RequestTimeout, ServerUnavailable, unreachable
 from .inputs import Loaded
 from .results import Result
-from .transport import RetryEvent, RetryPolicy, documents, normalize_url
+from .transport import TLS, RetryEvent, RetryPolicy, documents, normalize_url
 
 WINDOW_BATCHES = 4  # sort-by-size window, in batches: bigger packs tighter but answers later
 MAX_REQUEST_BYTES = 64 << 20
@@ -51,12 +51,13 @@ class BaseClient:
     concurrency: requests in flight at once.
     max_request_bytes: cap on one request's padded tensor (rows * longest image).
     on_retry: called with a RetryEvent before each retry (from worker threads in Client).
+    tls: TLS(ca_file, cert_file, key_file, insecure) to reach Triton over TLS (gRPC or HTTPS); None: plaintext.
     """
 
     def __init__(self, url: str | None = None, *, protocol: str = "grpc", model: str = protocol.ENSEMBLE,
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, batch_size: int | None = None,
                  concurrency: int = 2, max_request_bytes: int = MAX_REQUEST_BYTES,
-                 on_retry: Callable[[RetryEvent], None] | None = None):
+                 on_retry: Callable[[RetryEvent], None] | None = None, tls: TLS | None = None):
         if timeout <= 0 or retries < 0 or backoff < 0 or concurrency < 1 or (batch_size is not None and batch_size < 1):
             raise ValueError("timeout must be > 0, retries and backoff >= 0, concurrency and batch_size >= 1")
         self.protocol = protocol
@@ -68,6 +69,7 @@ class BaseClient:
         self.concurrency = concurrency
         self.max_request_bytes = max_request_bytes
         self.on_retry = on_retry
+        self.tls = tls  # None: plaintext
         self.attempts = 0  # inference requests sent, retries included (diagnostics)
         self._count_lock = threading.Lock()
         self._max_batch: int | None = None  # the model's max_batch_size, read on first use

@@ -58,7 +58,7 @@ class Client(BaseClient):
     def _lease(self) -> Iterator[Transport]:
         transport = getattr(self._local, "transport", None)
         if transport is None:
-            transport = self._local.transport = Transport(self.protocol, self.url, self.timeout)
+            transport = self._local.transport = Transport(self.protocol, self.url, self.timeout, self.tls)
             with self._lock:
                 self._transports.append(transport)
         try:

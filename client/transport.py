@@ -44,7 +44,8 @@ def normalize_url(url: str | None, protocol_name: str) -> str:
         if url.startswith(scheme):
             url = url[len(scheme):]
     if "://" in url:
-        raise ValueError(f"unsupported URL {url!r}: give host:port (TLS is not supported by this client)")
+        raise ValueError(f"unsupported URL {url!r}: give host:port (for TLS to Triton add tls=TLS(...), "
+                         "--tls on the command line; an https:// URL is a GenGuard REST gateway)")
     url = url.rstrip("/")
     host_part = url.rsplit("]", 1)[-1]  # IPv6 literals: [::1]:8001
     return url if ":" in host_part else f"{url}:{DEFAULT_PORTS[protocol_name]}"
@@ -96,6 +97,45 @@ class RetryEvent:
     url: str
 
 
+@dataclass(frozen=True)
+class TLS:
+    """TLS to a Triton server (or a proxy in front of it). Files are PEM paths; all optional.
+
+    ca_file: certificates to verify the server with (default: the system's). cert_file, key_file: a
+    client certificate (mutual TLS). insecure: don't check the server's name against its certificate
+    (HTTP only; gRPC always checks).
+    """
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("a client certificate needs both cert_file and key_file")
+
+    def context(self, gevent: bool = False):
+        """An SSLContext (gevent's for tritonclient's blocking HTTP client, which runs on gevent)."""
+        if gevent:
+            from gevent import ssl
+        else:
+            import ssl
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        if self.insecure:
+            context.check_hostname = False
+        return context
+
+    def grpc_kwargs(self) -> dict:
+        if self.insecure:
+            raise ValueError("gRPC always checks the server's name: give the CA that signed it (ca_file) instead "
+                             "of insecure")
+        return {"ssl": True, "root_certificates": self.ca_file, "private_key": self.key_file,
+                "certificate_chain": self.cert_file}
+
+
 def _modules(protocol_name: str, aio: bool):
     if protocol_name == "grpc":
         if aio:
@@ -127,14 +167,16 @@ def documents(result) -> list[dict]:
 class Transport:
     """A blocking tritonclient client. The HTTP one isn't thread-safe: one per thread at a time."""
 
-    def __init__(self, protocol_name: str, url: str, timeout: float):
+    def __init__(self, protocol_name: str, url: str, timeout: float, tls: TLS | None = None):
         self.module = _modules(protocol_name, aio=False)
         if protocol_name == "grpc":
-            self.client = self.module.InferenceServerClient(url)
+            self.client = self.module.InferenceServerClient(url, **(tls.grpc_kwargs() if tls else {}))
             self.kw, self.json_kw = {"client_timeout": timeout}, {"as_json": True}
         else:
+            secure = {"ssl": True, "ssl_context_factory": lambda: tls.context(gevent=True),
+                      "insecure": tls.insecure} if tls else {}
             self.client = self.module.InferenceServerClient(
-                url, connection_timeout=min(timeout, 10.0), network_timeout=timeout)
+                url, connection_timeout=min(timeout, 10.0), network_timeout=timeout, **secure)
             self.kw, self.json_kw = {}, {}
 
     def live(self) -> bool:
@@ -166,13 +208,14 @@ class Transport:
 class AsyncTransport:
     """An asyncio tritonclient client; safe for concurrent requests on its event loop."""
 
-    def __init__(self, protocol_name: str, url: str, timeout: float):
+    def __init__(self, protocol_name: str, url: str, timeout: float, tls: TLS | None = None):
         self.module = _modules(protocol_name, aio=True)
         if protocol_name == "grpc":
-            self.client = self.module.InferenceServerClient(url)
+            self.client = self.module.InferenceServerClient(url, **(tls.grpc_kwargs() if tls else {}))
             self.kw, self.json_kw = {"client_timeout": timeout}, {"as_json": True}
         else:
-            self.client = self.module.InferenceServerClient(url, conn_timeout=timeout)
+            secure = {"ssl": True, "ssl_context": tls.context()} if tls else {}
+            self.client = self.module.InferenceServerClient(url, conn_timeout=timeout, **secure)
             self.kw, self.json_kw = {}, {}
 
     async def live(self) -> bool:
