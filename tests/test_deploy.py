@@ -11,6 +11,7 @@ Needs kubectl with kustomize v5 next to this Python or on PATH (`deploy/tools/in
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -326,7 +327,8 @@ def test_gpu_overlays_get_a_gpu_and_build_engines(rendered, overlay):
     spec = pod_spec(rendered[overlay])
     main = server_container(rendered[overlay])
     assert main["resources"]["limits"][GPU] == "1"
-    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    # the GPU request schedules onto GPU nodes; GPU feature discovery's label is opt-in (gpu-node-label)
+    assert "nodeSelector" not in spec
     assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     env = env_of(main)
     assert env["GENGUARD_TARGET"]["value"] == "tensorrt"
@@ -338,7 +340,9 @@ def test_gpu_overlays_get_a_gpu_and_build_engines(rendered, overlay):
     assert Path(source).name == "tensorrt" and str(Path(destination) / "tensorrt") == repository
     # 2. the engines, built or found in the cache, by the command the image's entrypoint runs
     assert builder["image"] == copy["image"] == main["image"]
-    assert builder["command"] == ["python", "-m", "genguard.export.tensorrt", "build"]
+    # through NVIDIA's entrypoint (CUDA forward compatibility), as the image's ENTRYPOINT does
+    assert builder["command"] == ["/opt/nvidia/nvidia_entrypoint.sh", "python", "-m", "genguard.export.tensorrt",
+                                  "build"]
     assert builder["args"] == ["--repository", "$(GENGUARD_REPOSITORY)", "--cache", "$(GENGUARD_ENGINE_CACHE)"]
     assert env_of(builder)["GENGUARD_REPOSITORY"]["value"] == repository
     assert env_of(builder)["GENGUARD_ENGINE_CACHE"]["value"] == cache
@@ -358,6 +362,26 @@ def test_gpu_overlays_get_a_gpu_and_build_engines(rendered, overlay):
         assert volume_at(container, cache, writable=True)["persistentVolumeClaim"]["claimName"] == \
             "genguard-engine-cache"
     one(rendered[overlay], "PersistentVolumeClaim", "genguard-engine-cache")
+
+
+def test_gpu_node_label_is_an_opt_in_component(kubectl, tmp_path):
+    """An overlay that adds components/gpu-node-label selects GPU feature discovery's label; nothing else
+    changes."""
+    overlay = tmp_path / "labelled"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(DEPLOY / "overlays" / "dev", overlay)],  # kustomize: relative paths only
+        "components": [os.path.relpath(DEPLOY / "components" / "gpu-node-label", overlay)]}))
+    proc = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    objects = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+    assert pod_spec(objects)["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    plain = subprocess.run([kubectl, "kustomize", str(DEPLOY / "overlays" / "dev")], capture_output=True,
+                           text=True, timeout=60)
+    without = [doc for doc in yaml.safe_load_all(plain.stdout) if doc]
+    del pod_spec(objects)["nodeSelector"]
+    assert objects == without
 
 
 def test_cpu_overlay_has_no_gpu(rendered):
