@@ -105,12 +105,12 @@ def _expand(paths: list[str], parser: argparse.ArgumentParser, stdin) -> list:
 
 
 def _row(result: Result, threshold: float | None) -> dict:
-    verdict = result.verdict_at(threshold) if threshold is not None else result.verdict
+    result = result.with_threshold(threshold) if threshold is not None else result
     image = result.image
     return {
         "index": result.index, "name": result.name, "status": result.status,
         "is_ai_generated": "" if result.is_ai_generated is None else f"{result.is_ai_generated:.6f}",
-        "verdict": verdict or "", "source": result.source or "",
+        "verdict": result.verdict or "", "source": result.source or "",
         "nsfw_level": result.nsfw.level if result.nsfw else "",
         "width": image.width if image else "", "height": image.height if image else "",
         "format": image.format if image else "",

@@ -6,10 +6,12 @@ not send (unreadable file, timeout); both look the same to the caller.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from genguard.protocol import FAILURE, SUCCESS
+from genguard.verdicts import source_for, verdict_for
 
 NSFW_LEVELS = ("neutral", "low", "medium", "high")  # Freepik card order, least to most explicit
 
@@ -61,10 +63,12 @@ class Result:
     name: str                      # the input: its path, or "<bytes 3>", "<PIL image 4>", "-" (stdin)
     status: str                    # SUCCESS | FAILURE
     error: ErrorInfo | None = None
-    is_ai_generated: float | None = None
-    verdict: str | None = None     # ai_generated | not_ai_generated | uncertain (server's threshold)
-    possible_sources: dict[str, float] | None = None
-    source: str | None = None      # most likely generator ("none": not AI-generated)
+    is_ai_generated: float | None = None  # fused P(AI-generated)
+    verdict: str | None = None     # ai_generated | not_ai_generated | uncertain (threshold in `fusion`)
+    possible_sources: dict[str, float] | None = None  # Hive's: none = 1 - P(AI), generators share P(AI); sums to 1
+    source: str | None = None      # from the verdict: the most likely generator ("unknown" if no head names
+                                   # one) when ai_generated, "none" when not_ai_generated, None when uncertain
+    sources_given_ai: dict[str, float] | None = None  # P(generator | AI-generated), sums to 1
     nsfw: NsfwResult | None = None
     detectors: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     image: ImageInfo | None = None
@@ -86,13 +90,25 @@ class Result:
         """The verdict for a client-side threshold on is_ai_generated (no uncertain band)."""
         if self.is_ai_generated is None:
             return None
-        return "ai_generated" if self.is_ai_generated >= threshold else "not_ai_generated"
+        return verdict_for(self.is_ai_generated, threshold)
+
+    def with_threshold(self, threshold: float) -> "Result":
+        """This answer under a client-side threshold (no uncertain band): the verdict and everything that
+        depends on it (source, the fusion block's threshold) recomputed with the server's rules."""
+        if not self.ok or self.is_ai_generated is None:
+            return self
+        verdict = self.verdict_at(threshold)
+        source = source_for(verdict, self.sources_given_ai)
+        fusion = {**self.fusion, "threshold": threshold, "margin": 0.0, "threshold_applied_by": "client"}
+        raw = {**self.raw, "verdict": verdict, "source": source, "fusion": fusion}
+        return dataclasses.replace(self, verdict=verdict, source=source, fusion=fusion, raw=raw)
 
     def to_dict(self, threshold: float | None = None) -> dict[str, Any]:
-        """The server's document with the caller's index and the input's name (JSON-ready)."""
-        doc = {"index": self.index, "name": self.name, **{k: v for k, v in self.raw.items() if k != "index"}}
+        """The server's document with the caller's index and the input's name (JSON-ready); with
+        `threshold`, the document as with_threshold(threshold) recomputes it."""
+        result = self.with_threshold(threshold) if threshold is not None else self
+        doc = {"index": self.index, "name": self.name, **{k: v for k, v in result.raw.items() if k != "index"}}
         if threshold is not None and self.ok:
-            doc["verdict"] = self.verdict_at(threshold)
             doc["threshold"] = threshold
         return doc
 
@@ -114,6 +130,7 @@ class Result:
             verdict=doc.get("verdict"),
             possible_sources=doc.get("possible_sources"),
             source=doc.get("source"),
+            sources_given_ai=doc.get("sources_given_ai"),
             nsfw=NsfwResult.from_json(nsfw) if nsfw else None,
             detectors=doc.get("detectors") or {},
             image=ImageInfo(image.get("width"), image.get("height"), image.get("format")) if image else None,
@@ -128,7 +145,8 @@ class Result:
     def failure(cls, index: int, name: str, reason: str, message: str) -> "Result":
         """A FAILURE the client decided (the document has the server's failure shape)."""
         doc = {"index": index, "status": FAILURE, "error": {"reason": reason, "message": message},
-               "is_ai_generated": None, "verdict": None, "possible_sources": None, "source": None}
+               "is_ai_generated": None, "verdict": None, "possible_sources": None, "sources_given_ai": None,
+               "source": None}
         return cls.from_json(doc, index, name)
 
 

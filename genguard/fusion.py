@@ -3,15 +3,19 @@
 The rule (documented in README.md, "How answers are fused"):
 
   p_d        P(AI-generated) from detector d's binary head (softmax of its positive label, or sigmoid)
-  is_ai      weighted_mean: sum_d w_d p_d / sum_d w_d     (default; w_d = 1 unless configured)
-             max:           max_d p_d
+  w_d        the detector's weight (1 unless configured; 0 = the detector never counts, in every rule)
+  is_ai      weighted_mean: sum_d w_d p_d / sum_d w_d     (default)
+             max:           max_d (w_d / max_w) p_d       (equal weights: the plain max)
              logit_mean:    sigmoid(sum_d w_d logit(p_d) / sum_d w_d)
   verdict    "ai_generated" if is_ai >= threshold + margin, "not_ai_generated" if < threshold - margin,
              else "uncertain" (margin 0 by default: no uncertain band)
   evidence   e(g) = sum over binary heads naming generator g of w_d p_d
                   + sum over source heads of w_d p_d(label of g)     (the real label is excluded)
-  sources    possible_sources[none] = 1 - is_ai; possible_sources[g] = is_ai * e(g) / sum_g e(g)
-             (uniform over generators when there is no evidence); source = argmax
+  given_ai   sources_given_ai[g] = e(g) / sum_g e(g): P(generator | AI-generated) (uniform without
+             evidence; {"unknown": 1} when no served head names generators)
+  sources    possible_sources (Hive's distribution, sums to 1): [none] = 1 - is_ai, [g] = is_ai * given_ai[g]
+  source     from the verdict (genguard/verdicts.py): ai_generated -> argmax_g given_ai[g] (or "unknown"),
+             not_ai_generated -> "none", uncertain -> null
   nsfw       level = argmax; at_least[l] = sum of the probabilities of l and every higher level
              (Freepik card); is_nsfw = at_least[nsfw_level] >= nsfw_threshold
 """
@@ -25,11 +29,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from genguard import protocol
+from genguard import protocol, specs
 from genguard.scores import head_probs
 from genguard.specs import DetectorSpec
-
-NONE = "none"
+from genguard.verdicts import NONE, UNKNOWN, source_for, verdict_for
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,25 @@ class FusionConfig:
             raise ValueError(f"unknown fusion rule {self.rule!r}: weighted_mean, max or logit_mean")
         if not 0.0 <= self.threshold <= 1.0 or self.margin < 0:
             raise ValueError("threshold must be in [0, 1] and margin >= 0")
-        if any(w < 0 for w in self.weights.values()):
-            raise ValueError("fusion weights must be >= 0")
+        if any(not math.isfinite(w) or w < 0 for w in self.weights.values()):
+            raise ValueError("fusion weights must be finite and >= 0")
+        unknown = sorted(set(self.weights) - set(specs.DETECTORS))
+        if unknown:
+            raise ValueError(f"fusion weights name unknown detectors: {', '.join(unknown)} "
+                             f"(known: {', '.join(specs.DETECTORS)})")
+
+    def check_detectors(self, detectors: list[DetectorSpec]) -> None:
+        """Refuse a configuration that can't mean what it says for the served detectors: weights for a
+        detector that isn't served, or every binary-head detector weighted 0 (nothing would decide)."""
+        served = {s.name for s in detectors}
+        absent = sorted(set(self.weights) - served)
+        if absent:
+            raise ValueError(f"fusion weights name detectors that are not served: {', '.join(absent)} "
+                             f"(served: {', '.join(sorted(served))})")
+        deciding = [s.name for s in detectors if s.head("binary") is not None]
+        if deciding and not any(self.weight(name) > 0 for name in deciding):
+            raise ValueError(f"fusion weights are all 0 for the detectors that decide ({', '.join(deciding)}): "
+                             "at least one must be > 0")
 
     def weight(self, detector: str) -> float:
         return float(self.weights.get(detector, 1.0))
@@ -57,7 +77,13 @@ class FusionConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "FusionConfig":
-        return cls(**json.loads(text)) if text else cls()
+        if not text:
+            return cls()
+        fields = json.loads(text)
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown fusion configuration fields: {', '.join(unknown)}")
+        return cls(**fields)
 
 
 def source_name(label: str) -> str:
@@ -66,7 +92,7 @@ def source_name(label: str) -> str:
 
 
 def source_names(detectors: list[DetectorSpec]) -> list[str]:
-    """possible_sources order: none first, then generators in spec order."""
+    """possible_sources order: none first, then generators in spec order ("unknown" when no head names one)."""
     names = [NONE]
     for spec in detectors:
         for head in spec.heads:
@@ -77,7 +103,7 @@ def source_names(detectors: list[DetectorSpec]) -> list[str]:
             else:
                 continue
             names += [n for n in candidates if n not in names]
-    return names
+    return names if len(names) > 1 else [NONE, UNKNOWN]
 
 
 def nsfw_labels(detectors: list[DetectorSpec]) -> list[str]:
@@ -105,6 +131,7 @@ class Fuser:
             raise ValueError(f"nsfw_level must be one of {self.nsfw[1:]}")
         if not any(h.role == "binary" for s in detectors for h in s.heads):
             raise ValueError("fusion needs at least one detector with a binary head")
+        config.check_detectors(detectors)
         random = sorted(d for d, w in weights.items() if w == "random")
         self.warnings = (
             [f"RANDOM WEIGHTS: {', '.join(random)} run random weights; these scores are meaningless"]
@@ -136,30 +163,25 @@ class Fuser:
                     for label, value in p.items():
                         if label != head.real_label:
                             evidence[source_name(label)] += w * value
-        total_w = sum(w for w, _ in binary)
-        if cfg.rule == "max" or total_w == 0:
-            is_ai = max(p for _, p in binary)
+        total_w = sum(w for w, _ in binary)  # > 0: check_detectors refused all-zero weights
+        if cfg.rule == "max":
+            max_w = max(w for w, _ in binary)
+            is_ai = max(w / max_w * p for w, p in binary)
         elif cfg.rule == "logit_mean":
             is_ai = 1 / (1 + math.exp(-sum(w * _logit(p) for w, p in binary) / total_w))
         else:
             is_ai = sum(w * p for w, p in binary) / total_w
 
         total_e = sum(evidence.values())
-        sources = {NONE: 1.0 - is_ai}
-        for name, e in evidence.items():
-            share = e / total_e if total_e > 1e-12 else 1.0 / max(1, len(evidence))
-            sources[name] = is_ai * share
-        if is_ai >= cfg.threshold + cfg.margin:
-            verdict = "ai_generated"
-        elif is_ai < cfg.threshold - cfg.margin:
-            verdict = "not_ai_generated"
-        else:
-            verdict = "uncertain"
+        given_ai = {name: (e / total_e if total_e > 1e-12 else 1.0 / len(evidence)) for name, e in evidence.items()}
+        sources = {NONE: 1.0 - is_ai, **{name: is_ai * share for name, share in given_ai.items()}}
+        verdict = verdict_for(is_ai, cfg.threshold, cfg.margin)
         answer = {
             "is_ai_generated": is_ai,
             "verdict": verdict,
             "possible_sources": sources,
-            "source": max(sources, key=sources.get),
+            "sources_given_ai": given_ai,
+            "source": source_for(verdict, given_ai),
         }
         nsfw_head = next(((s.name, h) for s in self.detectors for h in s.heads if h.role == "nsfw"), None)
         if nsfw_head:
@@ -185,10 +207,11 @@ class Fuser:
             doc["detectors"] = probs
             doc["image"] = {k: info[k] for k in ("width", "height", "format") if k in info}
         else:
-            doc.update({"is_ai_generated": None, "verdict": None, "possible_sources": None, "source": None})
+            doc.update({"is_ai_generated": None, "verdict": None, "possible_sources": None,
+                        "sources_given_ai": None, "source": None})
         doc["weights"] = self.weights_used
         doc["revisions"] = self.revisions
-        doc["fusion"] = {"rule": self.config.rule, "threshold": self.config.threshold}
+        doc["fusion"] = {"rule": self.config.rule, "threshold": self.config.threshold, "margin": self.config.margin}
         if self.warnings:
             doc["warnings"] = self.warnings
         return doc

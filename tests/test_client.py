@@ -54,6 +54,7 @@ def success_doc(index: int, p: float) -> dict:
     return {"index": index, "status": "SUCCESS", "error": None, "is_ai_generated": p,
             "verdict": "ai_generated" if p >= 0.5 else "not_ai_generated",
             "possible_sources": {"none": 1 - p, "flux": p}, "source": "flux" if p >= 0.5 else "none",
+            "sources_given_ai": {"flux": 1.0},
             "nsfw": NSFW, "detectors": {"d": {"ai": {"real": 1 - p, "ai": p}}},
             "image": {"width": 3, "height": 2, "format": "PNG"}, "weights": {"d": "random"},
             "fusion": {"rule": "weighted_mean", "threshold": 0.5}, "warnings": ["RANDOM WEIGHTS: d"]}
@@ -88,6 +89,21 @@ def test_hive_view_has_hives_shape_and_the_callers_index():
          "status": "SUCCESS"},
         {"index": 6, "is_ai_generated": None, "possible_sources": None, "status": "FAILURE"},
     ]}
+
+
+def test_client_threshold_recomputes_everything_that_depends_on_the_verdict():
+    doc = {**success_doc(0, 0.6), "possible_sources": {"none": 0.4, "flux": 0.15, "gan": 0.45},
+           "sources_given_ai": {"flux": 0.25, "gan": 0.75}, "source": "gan"}
+    r = Result.from_json(doc, 0, "x")
+    strict = r.with_threshold(0.7)  # 0.6 < 0.7: not AI-generated, so no generator
+    assert (strict.verdict, strict.source) == ("not_ai_generated", "none")
+    assert strict.fusion["threshold"] == 0.7 and strict.raw["source"] == "none"
+    lenient = Result.from_json({**doc, "verdict": "uncertain", "source": None}, 0, "x").with_threshold(0.1)
+    assert (lenient.verdict, lenient.source) == ("ai_generated", "gan")
+    assert r.to_dict(threshold=0.7)["source"] == "none" and r.to_dict(threshold=0.7)["verdict"] == "not_ai_generated"
+    # a failure is left as it is
+    failed = Result.failure(1, "y", "corrupt", "bad")
+    assert failed.with_threshold(0.2) is failed
 
 
 def test_result_mirrors_the_server_document():

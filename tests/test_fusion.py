@@ -41,12 +41,43 @@ def test_weighted_mean_and_sources_hand_computed():
     assert answer["possible_sources"] == pytest.approx(
         {"none": 0.2, "flux": 0.8 * 2.7 / 3.2, "stable_diffusion": 0.8 * 0.5 / 3.2})
     assert sum(answer["possible_sources"].values()) == pytest.approx(1.0)
+    assert answer["sources_given_ai"] == pytest.approx({"flux": 2.7 / 3.2, "stable_diffusion": 0.5 / 3.2})
     assert answer["source"] == "flux"
+
+
+def test_source_follows_the_verdict_not_the_largest_entry():
+    # is_ai 0.7 split evenly between two generators: none (0.3) is the largest entry, but the verdict is
+    # ai_generated, so the source is the most likely generator
+    answer = Fuser([FLUX, SD], FusionConfig(), RANDOM).fuse(probs(flux=0.7, sd=0.7))
+    assert answer["possible_sources"] == pytest.approx({"none": 0.3, "flux": 0.35, "stable_diffusion": 0.35})
+    assert answer["verdict"] == "ai_generated" and answer["source"] == "flux"  # tie: first in order
+    # not AI-generated: none, whatever the generator split
+    answer = Fuser([FLUX, SD], FusionConfig(), RANDOM).fuse(probs(flux=0.1, sd=0.3))
+    assert answer["verdict"] == "not_ai_generated" and answer["source"] == "none"
+    assert answer["sources_given_ai"] == pytest.approx({"flux": 0.25, "stable_diffusion": 0.75})
+    # uncertain: no definite generator
+    answer = Fuser([FLUX, SD], FusionConfig(margin=0.2), RANDOM).fuse(probs(flux=0.6, sd=0.5))
+    assert answer["verdict"] == "uncertain" and answer["source"] is None
+
+
+def test_generator_less_configuration_sums_to_one_with_unknown():
+    fuser = Fuser([IT_BIN, NSFW], FusionConfig(), RANDOM)
+    assert fuser.sources == ["none", "unknown"]
+    answer = fuser.fuse(probs(it_bin=0.95, nsfw=(1, 0, 0, 0)))
+    assert answer["possible_sources"] == pytest.approx({"none": 0.05, "unknown": 0.95})
+    assert answer["sources_given_ai"] == {"unknown": 1.0}
+    assert answer["source"] == "unknown"
 
 
 def test_max_and_logit_mean_rules():
     p = probs(flux=0.9, sd=0.2)
     assert Fuser([FLUX, SD], FusionConfig(rule="max"), RANDOM).fuse(p)["is_ai_generated"] == pytest.approx(0.9)
+    # weights in max: a detector's score counts at w_d / max_w; weight 0 never decides
+    weighted = FusionConfig(rule="max", weights={"opensdi_flux": 1.0, "sumsub_sd": 4.0})
+    assert Fuser([FLUX, SD], weighted, RANDOM).fuse(p)["is_ai_generated"] == pytest.approx(0.225)  # max(0.9/4, 0.2)
+    silenced = FusionConfig(rule="max", weights={"opensdi_flux": 0.0})
+    answer = Fuser([FLUX, SD], silenced, RANDOM).fuse(p)
+    assert answer["is_ai_generated"] == pytest.approx(0.2) and answer["verdict"] == "not_ai_generated"
     # logit_mean: sigmoid((logit(0.9) + logit(0.2)) / 2) = sigmoid((2.1972 - 1.3863) / 2)
     expected = 1 / (1 + math.exp(-(math.log(9) + math.log(0.25)) / 2))
     got = Fuser([FLUX, SD], FusionConfig(rule="logit_mean"), RANDOM).fuse(p)["is_ai_generated"]
@@ -120,8 +151,110 @@ def test_config_validation_and_round_trip():
     assert FusionConfig.from_json(config.to_json()) == config
     with pytest.raises(ValueError, match="binary head"):
         Fuser([NSFW], FusionConfig(), {})
+    with pytest.raises(ValueError, match="unknown fusion configuration fields: rules"):
+        FusionConfig.from_json('{"rules": "max"}')
+
+
+def test_weights_naming_unknown_or_unserved_detectors_are_refused_by_name():
+    with pytest.raises(ValueError, match="unknown detectors: opensdi"):
+        FusionConfig(weights={"opensdi": 2.0})
+    with pytest.raises(ValueError, match="not served: hive_effb4"):
+        Fuser([FLUX, SD], FusionConfig(weights={"hive_effb4": 1.0}), RANDOM)
+    with pytest.raises(ValueError, match="finite"):
+        FusionConfig(weights={"sumsub_sd": float("nan")})
+
+
+@pytest.mark.parametrize("rule", ["weighted_mean", "max", "logit_mean"])
+def test_all_zero_weights_are_refused_in_every_rule(rule):
+    config = FusionConfig(rule=rule, weights={"opensdi_flux": 0.0, "sumsub_sd": 0.0})
+    with pytest.raises(ValueError, match="all 0"):
+        Fuser([FLUX, SD], config, RANDOM)
+    # a source-only detector's weight doesn't decide: zero binary weights are refused even with it
+    with pytest.raises(ValueError, match="all 0"):
+        Fuser([IT_BIN, IT_SRC], FusionConfig(rule=rule, weights={"imagetrust_binary": 0.0}), RANDOM)
 
 
 def test_source_names_order_follows_specs():
+    assert source_names([IT_BIN]) == ["none", "unknown"]
     assert source_names([FLUX, SD, IT_SRC, specs.get("hive_effb4")]) == [
         "none", "flux", "stable_diffusion", "gan", "diffusion", "other", "dalle", "midjourney"]
+
+
+# --- the whole input space (Hypothesis) --------------------------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from genguard.verdicts import source_for, verdict_for  # noqa: E402
+
+ALL = list(specs.DETECTORS.values())
+unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+
+
+def random_probs(draw, detectors):
+    """Labelled probabilities for each head, as a softmax/sigmoid would give them (rows sum to 1)."""
+    out = {}
+    for spec in detectors:
+        out[spec.name] = {}
+        for head in spec.heads:
+            raw = [draw(st.floats(min_value=0.0, max_value=1.0)) for _ in head.labels]
+            if head.activation == "sigmoid":
+                p = draw(unit)
+                raw = [1 - p, p] if len(head.labels) == 2 else [p]
+            total = sum(raw)
+            values = [r / total for r in raw] if total > 0 else [1.0 / len(raw)] * len(raw)
+            out[spec.name][head.name] = dict(zip(head.labels, values))
+    return out
+
+
+@st.composite
+def configurations(draw):
+    deciding = [s for s in ALL if s.head("binary")]
+    subset = draw(st.lists(st.sampled_from(ALL), min_size=1, unique_by=lambda s: s.name))
+    if not any(s.head("binary") for s in subset):
+        subset.append(draw(st.sampled_from(deciding)))
+    weights = {s.name: draw(st.sampled_from([0.0, 0.25, 1.0, 3.0])) for s in subset if draw(st.booleans())}
+    if not any(weights.get(s.name, 1.0) > 0 for s in subset if s.head("binary")):
+        weights[next(s.name for s in subset if s.head("binary"))] = 1.0
+    config = FusionConfig(rule=draw(st.sampled_from(["weighted_mean", "max", "logit_mean"])), weights=weights,
+                          threshold=draw(unit), margin=draw(st.floats(min_value=0.0, max_value=0.5)))
+    return subset, config, random_probs(draw, subset)
+
+
+@settings(max_examples=400, deadline=None)
+@given(configurations())
+def test_every_configuration_gives_a_coherent_answer(case):
+    subset, config, p = case
+    answer = Fuser(subset, config, {}).fuse(p)
+    sources, given_ai = answer["possible_sources"], answer["sources_given_ai"]
+    assert sum(sources.values()) == pytest.approx(1.0, abs=1e-9)
+    assert all(v >= -1e-12 for v in sources.values())
+    assert list(sources) == source_names(subset) and list(given_ai) == source_names(subset)[1:]
+    assert sum(given_ai.values()) == pytest.approx(1.0, abs=1e-9)
+    assert sources["none"] == pytest.approx(1 - answer["is_ai_generated"])
+    assert 0.0 <= answer["is_ai_generated"] <= 1.0
+    # the verdict and source rules, written out independently of genguard.verdicts
+    p_ai, t, m = answer["is_ai_generated"], config.threshold, config.margin
+    expected = "ai_generated" if p_ai >= t + m else "not_ai_generated" if p_ai < t - m else "uncertain"
+    assert answer["verdict"] == expected
+    if expected == "not_ai_generated":
+        assert answer["source"] == "none"
+    elif expected == "uncertain":
+        assert answer["source"] is None
+    else:
+        generators = {k: v for k, v in sources.items() if k != "none"}
+        assert answer["source"] in generators
+        assert generators[answer["source"]] == pytest.approx(max(generators.values()))
+    # a weight-0 detector never changes the answer
+    for spec in subset:
+        if config.weight(spec.name) == 0 and spec.head("binary"):
+            bumped = {**p, spec.name: {h: {label: 1.0 / len(v) for label in v} for h, v in p[spec.name].items()}}
+            assert Fuser(subset, config, {}).fuse(bumped)["is_ai_generated"] == pytest.approx(p_ai, abs=1e-12)
+
+
+def test_verdict_and_source_rules_hand_computed():
+    assert verdict_for(0.5, 0.5) == "ai_generated" and verdict_for(0.49, 0.5) == "not_ai_generated"
+    assert verdict_for(0.55, 0.5, 0.1) == "uncertain"
+    assert source_for("ai_generated", {"flux": 0.2, "gan": 0.8}) == "gan"
+    assert source_for("ai_generated", {}) == "unknown"
+    assert source_for("not_ai_generated", {"flux": 1.0}) == "none"
+    assert source_for("uncertain", {"flux": 1.0}) is None and source_for(None, None) is None
