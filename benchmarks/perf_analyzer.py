@@ -1,13 +1,15 @@
 """perf_analyzer: obtain a binary that runs here, write its --input-data, run it, read its CSV.
 
-Which binary (DESIGN.md, "Facts measured on these machines"): tritonclient >= 2.61 ships none, and
+Which binary (measured on these machines): tritonclient >= 2.61 ships none, and
 2.52-2.60's needs glibc 2.38, so GenGuard uses the one in the tritonclient==2.51.0 manylinux1 wheel —
 the same release as the tritonserver core that nvidia-pytriton 0.7.0 bundles. It links libb64.so.0d
 and libcudart.so.12, which the wheel doesn't carry; nvidia-pytriton ships both (under hashed names)
 in nvidia_pytriton.libs, so the cache gets symlinks with the plain names.
 
 The binary and its lib/ live in a cache outside the repository: $GENGUARD_CACHE, else
-~/.cache/genguard, then perf_analyzer-2.51.0/.
+~/.cache/genguard, then perf_analyzer-2.51.0/. It is fetched once, on purpose
+(`python -m genguard.benchmarks.perf_analyzer fetch`, or the first `make bench`); the tests only use an
+already-fetched copy and never download (they skip, saying how to fetch it, when there is none).
 """
 
 from __future__ import annotations
@@ -118,13 +120,21 @@ def _version(binary: Path, env: dict) -> str:
     return text.split("Perf Analyzer Version", 1)[1].split()[0]
 
 
-def obtain(binary: str | Path | None = None) -> PerfAnalyzer:
-    """A perf_analyzer that runs here: `binary` if given, else the cached 2.51.0 one (downloaded once)."""
+class NotFetched(PerfAnalyzerUnavailable):
+    """The cached perf_analyzer isn't there and downloading was not allowed."""
+
+
+def obtain(binary: str | Path | None = None, *, download: bool = True) -> PerfAnalyzer:
+    """A perf_analyzer that runs here: `binary` if given, else the cached 2.51.0 one (downloaded once
+    when `download`; otherwise NotFetched says how to fetch it)."""
     env = dict(os.environ)
     if binary is None:
         home = cache_root() / f"perf_analyzer-{VERSION}"
         binary = home / "bin" / "perf_analyzer"
         if not binary.is_file():
+            if not download:
+                raise NotFetched(f"perf_analyzer {VERSION} is not fetched into {home}: run "
+                                 "`python -m genguard.benchmarks.perf_analyzer fetch` once where PyPI is reachable")
             print(f"fetching perf_analyzer {VERSION} into {home} ...", file=sys.stderr, flush=True)
             _download(binary)
         _link_libs(home / "lib")
@@ -142,7 +152,7 @@ def tensor_entry(array: np.ndarray) -> dict:
 
     Fixed-size types are their raw little-endian bytes; BYTES (numpy object/bytes arrays) must be
     Triton's serialized form — each element as a 4-byte little-endian length and its bytes — or the
-    server reads garbage (DESIGN.md).
+    server reads garbage.
     """
     array = np.asarray(array)
     if array.dtype == np.object_ or array.dtype.kind in ("S", "U"):
@@ -311,3 +321,23 @@ def run_fixed(pa: PerfAnalyzer, model: str, url: str, protocol: str, concurrency
         {"timestamp": a, "response_timestamps": [b]} for a, b in spans]}]})
     profile.unlink()  # it holds every request's inputs: large, and the timing is taken
     return timing
+
+
+def main(argv=None) -> int:
+    """python -m genguard.benchmarks.perf_analyzer fetch: download (once) and check the cached binary."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m genguard.benchmarks.perf_analyzer")
+    parser.add_argument("command", choices=["fetch"])
+    parser.parse_args(argv)
+    try:
+        pa = obtain()
+    except PerfAnalyzerUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"perf_analyzer {pa.version}: {pa.binary}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

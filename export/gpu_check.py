@@ -354,11 +354,12 @@ def check_dali(log=print) -> list[Row]:
 # Throughput through a running GPU server
 
 
-def check_throughput(url: str, concurrencies, workdir: Path, log=print) -> list[Row]:
+def check_throughput(url: str, concurrencies, workdir: Path, log=print, download: bool = True) -> list[Row]:
+    """download=False (tests): use an already-fetched perf_analyzer only."""
     from genguard.benchmarks import perf_analyzer
     from genguard.export import samples
 
-    pa = perf_analyzer.obtain()
+    pa = perf_analyzer.obtain(download=download)
     photos = list(samples.photos().values())
     data = perf_analyzer.write_input_data(workdir / "perf" / "input.json", perf_analyzer.image_entries(photos))
     rows = []

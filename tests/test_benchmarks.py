@@ -325,8 +325,24 @@ def test_int8_leaves_a_cnn_unquantised_and_says_so(tiny_build, tmp_path):
 
 @pytest.fixture(scope="module")
 def pa():
-    """The cached perf_analyzer 2.51.0 (downloaded from PyPI on first use)."""
-    return perf_analyzer.obtain()
+    """The already-fetched perf_analyzer 2.51.0 (.ci/run fetches it before the tests); tests never download:
+    without it they skip, saying how to fetch it."""
+    try:
+        return perf_analyzer.obtain(download=False)
+    except perf_analyzer.NotFetched as exc:
+        pytest.skip(str(exc))
+
+
+def test_obtain_never_downloads_when_told_not_to(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENGUARD_CACHE", str(tmp_path))
+
+    def download(binary):
+        raise AssertionError("downloaded")
+
+    monkeypatch.setattr(perf_analyzer, "_download", download)
+    with pytest.raises(perf_analyzer.NotFetched, match="python -m genguard.benchmarks.perf_analyzer fetch"):
+        perf_analyzer.obtain(download=False)
+    assert not any(tmp_path.iterdir())
 
 
 def test_perf_analyzer_runs_here(pa):

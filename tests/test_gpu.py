@@ -52,6 +52,6 @@ def test_perf_analyzer_throughput(machine, tmp_path):
     url = os.environ.get("GENGUARD_GPU_URL")
     if not url:
         pytest.skip("no GPU server to measure: docker run the image and set GENGUARD_GPU_URL=host:8001")
-    rows = gpu_check.check_throughput(url, [4], tmp_path, log=print)
+    rows = gpu_check.check_throughput(url, [4], tmp_path, log=print, download=False)  # tests never download
     print(gpu_check.format_table(rows, [], "throughput"))
     assert rows and all(r.ok for r in rows)
