@@ -739,6 +739,13 @@ def test_docker_run_command_sizes_shm_for_a_full_batch(tiny_build, tmp_path, cap
     assert "docker run --rm --gpus=all --shm-size=768m" in capsys.readouterr().out
     readme = (ROOT / "docker" / "README.md").read_text()
     assert "--shm-size=1280m" in readme
+    # the Kubernetes pods' memory-backed /dev/shm holds the same full batch
+    import yaml
+
+    pod = yaml.safe_load((ROOT / "deploy" / "base" / "deployment.yaml").read_text())["spec"]["template"]["spec"]
+    (dshm,) = [v["emptyDir"] for v in pod["volumes"] if v["name"] == "dshm"]
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", dshm["sizeLimit"]).groups()
+    assert dshm["medium"] == "Memory" and int(number) << {"Mi": 20, "Gi": 30}[unit] >= (1280 << 20)
 
 
 def test_entrypoint_builds_engines_then_execs_tritonserver_with_genguard_flags(repos, tmp_path):
