@@ -406,7 +406,9 @@ def run(build: Path, url: str | None, concurrencies, log=print) -> tuple[list[Ro
         except trt.EngineError as exc:
             skipped.append(f"engines: {exc}")
         else:
-            if machine is None and kind == "python":
+            if machine is None:
+                if kind != "python":
+                    raise trt.EngineError("trtexec is here but TensorRT's library (libnvinfer) can't be loaded")
                 import tensorrt
 
                 machine = trt.Machine(capability, ".".join(tensorrt.__version__.split(".")[:3]), name, memory)

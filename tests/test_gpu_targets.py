@@ -865,7 +865,7 @@ for blocked in ('tensorrt', 'nvidia.dali'):
         pass
     else:
         raise SystemExit(blocked + ' was importable: the block failed')
-import genguard.export.tensorrt, genguard.export.dali, genguard.export.repository
+import genguard.export.tensorrt, genguard.export.dali, genguard.export.repository, genguard.export.gpu_check
 from genguard.export.repository import dali_preprocess_config, validate_config
 print('ok')
 """
