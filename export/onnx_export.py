@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -131,6 +132,17 @@ def module_source(module: HeadsModule) -> str | None:
     return getattr(module, "source", None)
 
 
+PARITY_FILE = "parity.json"
+FAILED_PARITY_FILE = "parity.failed.json"  # figures of the last export that failed its check
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `path` through a temporary sibling and a rename: a reader sees the old file or the new one."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 def export_detector(
     spec: DetectorSpec,
     source: str | Path | None,
@@ -140,44 +152,72 @@ def export_detector(
 ) -> dict:
     """Load spec's checkpoint from `source`, export build/onnx/<name>/model.onnx, validate, write parity.json.
 
-    Raises RuntimeError when the export is outside the spec's tolerance (the files stay for inspection).
+    The ONNX file is written to a temporary sibling, checked and validated there, and moved into place only
+    when it passes: parity.json records the sha256 of the very file it vouches for, and rendering refuses a
+    model.onnx whose hash differs. A failing export raises RuntimeError, leaves the previous good export
+    (model.onnx + parity.json) untouched, and writes its figures to parity.failed.json for inspection.
     """
     started = time.perf_counter()
     module = load(spec, source)
     module.source = str(source)
     weights = "random" if is_random(source) else "real"
-    onnx_path = out_dir / spec.name / "model.onnx"
-    export_onnx(
-        module,
-        onnx_path,
-        metadata={
+    folder = out_dir / spec.name
+    onnx_path = folder / "model.onnx"
+    partial = folder / f".model.{os.getpid()}.partial.onnx"  # keeps the .onnx suffix the exporter expects
+    try:
+        export_onnx(
+            module,
+            partial,
+            metadata={
+                "detector": spec.name,
+                "weights": weights,
+                "checkpoint": str(source),
+                "checkpoint_identity": checkpoint_identity(source),
+                "heads": {h.name: list(h.labels) for h in spec.heads},
+                "input": spec.input.name,
+            },
+        )
+        figures = validate(spec, module, partial, images or samples.all_images())
+        worst = max(figures["onnx_vs_pytorch"]["max_abs_prob"], figures["reference"]["max_abs_prob"])
+        parity = {
             "detector": spec.name,
             "weights": weights,
             "checkpoint": str(source),
-            "revision": getattr(module, "revision", None),  # hub commit loaded; None for local paths
-            "heads": {h.name: list(h.labels) for h in spec.heads},
-            "input": spec.input.name,
-        },
-    )
-    figures = validate(spec, module, onnx_path, images or samples.all_images())
-    worst = max(figures["onnx_vs_pytorch"]["max_abs_prob"], figures["reference"]["max_abs_prob"])
-    parity = {
-        "detector": spec.name,
-        "weights": weights,
-        "checkpoint": str(source),
-        "revision": getattr(module, "revision", None),
-        "onnx": str(onnx_path),
-        "onnx_sha256": sha256(onnx_path),
-        "opset": OPSET,
-        "tolerance": {"max_abs_prob": spec.prob_atol},
-        **figures,
-        "passed": worst <= spec.prob_atol,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    (onnx_path.parent / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
-    if not parity["passed"]:
-        raise RuntimeError(
-            f"{spec.name}: export outside tolerance: max |dprob| {worst:.3g} > {spec.prob_atol} "
-            f"(see {onnx_path.parent / 'parity.json'})"
-        )
-    return parity
+            "checkpoint_identity": checkpoint_identity(source),
+            "onnx": str(onnx_path),
+            "onnx_sha256": sha256(partial),
+            "opset": OPSET,
+            "tolerance": {"max_abs_prob": spec.prob_atol},
+            **figures,
+            "passed": worst <= spec.prob_atol,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        if not parity["passed"]:
+            write_atomic(folder / FAILED_PARITY_FILE, json.dumps(parity, indent=2) + "\n")
+            kept = "the previous export is untouched" if onnx_path.is_file() else "nothing was installed"
+            raise RuntimeError(
+                f"{spec.name}: export outside tolerance: max |dprob| {worst:.3g} > {spec.prob_atol}; {kept} "
+                f"(figures in {folder / FAILED_PARITY_FILE})"
+            )
+        # An INT8 model quantised from the previous FP32 model no longer has a check that vouches for it.
+        (folder / "model.int8.onnx").unlink(missing_ok=True)
+        os.replace(partial, onnx_path)
+        write_atomic(folder / PARITY_FILE, json.dumps(parity, indent=2) + "\n")
+        (folder / FAILED_PARITY_FILE).unlink(missing_ok=True)
+        return parity
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def checkpoint_identity(source: str | Path | None) -> str:
+    """What the export was made from, to tell whether a later request names the same checkpoint: a hub id
+    as given; a local path resolved, with each weights file's size and modification time."""
+    if source is None:
+        return ""
+    path = Path(str(source)).expanduser()
+    if not path.exists():
+        return str(source)
+    files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
+    stamps = ",".join(f"{p.relative_to(path) if p != path else p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                      for p in files)
+    return f"{path.resolve()}|{stamps}"

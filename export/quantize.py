@@ -119,11 +119,12 @@ def quantize_detector(build: Path, name: str, *, images: dict[str, bytes] | None
 
     from genguard import specs
     from genguard.export import samples
-    from genguard.export.onnx_export import sha256
+    from genguard.export.onnx_export import sha256, write_atomic
     from genguard.preprocess import preprocess_bytes
 
     folder = Path(build) / "onnx" / name
     fp32, int8, parity_path = folder / "model.onnx", folder / INT8_FILE, folder / "parity.json"
+    final, int8 = int8, folder / f".model.int8.{os.getpid()}.partial.onnx"  # moved into place only if it passes
     if not fp32.is_file() or not parity_path.is_file():
         raise FileNotFoundError(f"{name}: no export in {folder} (run make export first)")
     budget = tolerance / 2 if budget is None else budget
@@ -168,8 +169,8 @@ def quantize_detector(build: Path, name: str, *, images: dict[str, bytes] | None
                      "quantized_flops_share": round(sum(shares[n] for n in names), 4), "search": trials})
     quantize_model(model, int8, names, settings=settings)
     figures = compare_outputs(spec, reference, _outputs(int8, pixels), image_names)
-    parity["int8"] = {
-        "onnx": str(int8),
+    record = {
+        "onnx": str(final),
         "onnx_sha256": sha256(int8),
         "fp32_sha256": parity.get("onnx_sha256"),
         **settings,
@@ -178,8 +179,15 @@ def quantize_detector(build: Path, name: str, *, images: dict[str, bytes] | None
         "passed": figures["max_abs_prob"] <= tolerance,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    parity_path.write_text(json.dumps(parity, indent=2) + "\n")
-    return parity["int8"]
+    if record["passed"]:
+        os.replace(int8, final)
+        parity["int8"] = record
+        parity.pop("int8_failed", None)
+    else:  # the previous INT8 model, if any, stays with the record that vouches for it
+        int8.unlink(missing_ok=True)
+        parity["int8_failed"] = record
+    write_atomic(parity_path, json.dumps(parity, indent=2) + "\n")
+    return record
 
 
 def main(argv=None) -> int:

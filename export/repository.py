@@ -31,6 +31,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from genguard import protocol, specs, triton_models
+from genguard.export import sha256_file
 from genguard.fusion import FusionConfig, nsfw_labels, source_names
 from genguard.preprocess import DecodeLimits
 from genguard.specs import DetectorSpec
@@ -39,6 +40,8 @@ TARGETS = ("cpu", "onnx-gpu", "tensorrt")
 GPU_TARGETS = ("onnx-gpu", "tensorrt")
 DEFAULT_MAX_BATCH = 16
 VALIDATE = "validate"  # the GPU targets' first step (python backend) before the DALI preprocess
+INT8_FILE = "model.int8.onnx"
+RENDERED_MARKER = ".genguard-repository"  # marks a folder render() made: the only kind it will replace
 
 
 class RepositoryError(RuntimeError):
@@ -52,6 +55,26 @@ class ExportedDetector:
     weights: str  # "real" | "random"
     checkpoint: str
     revision: str | None = None  # hub commit the export loaded (None: local path or random)
+    parity: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)  # its parity.json
+
+    def checked_onnx(self, int8: bool = False) -> tuple[Path, str]:
+        """The ONNX file to serve and its sha256, refusing one that no passing check vouches for."""
+        if not int8:
+            return self.onnx, self.parity["onnx_sha256"]
+        path, check = self.onnx.with_name(INT8_FILE), self.parity.get("int8")
+        name = self.spec.name
+        if not path.is_file():
+            raise RepositoryError(f"{name}: {path} is missing (make quantize writes the INT8 models)")
+        if not check or not check.get("passed"):
+            raise RepositoryError(f"{name}: no passing INT8 check recorded in parity.json for {path} "
+                                  "(run make quantize)")
+        if check.get("fp32_sha256") != self.parity["onnx_sha256"]:
+            raise RepositoryError(f"{name}: {path} was quantised from another FP32 export; run make quantize again")
+        actual = sha256_file(path)
+        if check.get("onnx_sha256") != actual:
+            raise RepositoryError(f"{name}: {path} (sha256 {actual[:12]}) is not the file its INT8 check vouched "
+                                  f"for (sha256 {str(check.get('onnx_sha256'))[:12]}); run make quantize again")
+        return path, actual
 
 
 def find_exports(build: Path, detectors: list[str] | None = None) -> list[ExportedDetector]:
@@ -72,11 +95,16 @@ def find_exports(build: Path, detectors: list[str] | None = None) -> list[Export
         if not parity.get("passed"):
             problems.append(f"{name}: export failed its parity check ({parity_path})")
             continue
+        actual = sha256_file(onnx_path)
+        if parity.get("onnx_sha256") != actual:
+            problems.append(f"{name}: {onnx_path} (sha256 {actual[:12]}) is not the file its parity check vouched "
+                            f"for (sha256 {str(parity.get('onnx_sha256'))[:12]}); export it again")
+            continue
         meta = _onnx_metadata(onnx_path)
         for head, labels in meta["heads"].items():
             spec = specs.with_labels(spec, head, tuple(labels))
         found.append(ExportedDetector(spec, onnx_path.resolve(), meta["weights"], meta["checkpoint"],
-                                      meta.get("revision")))
+                                      revision=meta.get("revision"), parity=parity))
     if problems:
         raise RepositoryError("cannot render the repository:\n  " + "\n  ".join(problems))
     return found
@@ -152,10 +180,11 @@ class CpuOptions:
     queue: QueuePolicy = QueuePolicy()
 
     def onnx_file(self) -> str:
-        return "model.int8.onnx" if self.int8 else "model.onnx"
+        return INT8_FILE if self.int8 else "model.onnx"
 
 
-def detector_config(det: ExportedDetector, max_batch: int, options: CpuOptions = CpuOptions()) -> mc.ModelConfig:
+def detector_config(det: ExportedDetector, max_batch: int, options: CpuOptions = CpuOptions(),
+                    onnx_sha256: str = "") -> mc.ModelConfig:
     spec = det.spec
     config = mc.ModelConfig(name=spec.name, backend="python", max_batch_size=max_batch)
     _tensor(config.input, protocol.DETECTOR_INPUT, mc.TYPE_FP32, spec.input.shape)
@@ -166,7 +195,7 @@ def detector_config(det: ExportedDetector, max_batch: int, options: CpuOptions =
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
     _params(config, detector=spec.name, onnx_file=options.onnx_file(), weights=det.weights,
             checkpoint=det.checkpoint, intra_op_threads=str(options.intra_op_threads),
-            optimization=options.optimization)
+            optimization=options.optimization, onnx_sha256=onnx_sha256)
     return config
 
 
@@ -500,10 +529,50 @@ def render(target: str, build: Path, out: Path | None = None, *, detectors: list
     if copy is None:
         copy = target in GPU_TARGETS
     dets = find_exports(build, detectors)
+    try:
+        fusion.check_detectors([d.spec for d in dets])
+    except ValueError as exc:
+        raise RepositoryError(f"cannot render the repository: {exc}") from None
     out = Path(out) if out else build / "model_repository" / target
+    _check_replaceable(out)
+    staging = out.parent / f".{out.name}.rendering-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        _render_into(staging, target, dets, max_batch, fusion, limits, cpu, copy, gpu)
+        (staging / RENDERED_MARKER).write_text(f"rendered by genguard.export.repository for target {target}\n")
+        _swap_into_place(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return out
+
+
+def _check_replaceable(out: Path) -> None:
+    """render() replaces only what it made: an empty folder or one carrying its marker. Anything else is
+    someone's data, and it is refused before any work is done."""
+    if out.exists() and not out.is_dir():
+        raise RepositoryError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / RENDERED_MARKER).is_file():
+        raise RepositoryError(f"--out {out} is a non-empty folder that GenGuard did not render; refusing to replace "
+                              "it (choose an empty or new folder)")
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Move the finished repository into place; the previous one (if any) is removed only afterwards."""
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    old = out.parent / f".{out.name}.previous-{os.getpid()}"
     if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _render_into(out: Path, target: str, dets: list[ExportedDetector], max_batch: int, fusion: FusionConfig,
+                 limits: DecodeLimits, cpu: CpuOptions, copy: bool, gpu: GpuOptions) -> None:
     inputs = specs.distinct_inputs([d.spec for d in dets])
     detector_specs = [d.spec for d in dets]
     if target in GPU_TARGETS:
@@ -512,17 +581,14 @@ def render(target: str, build: Path, out: Path | None = None, *, detectors: list
         _write_model(out, preprocess_config(inputs, max_batch, limits, queue=cpu.queue), model_py="preprocess")
     for det in dets if target == "cpu" else ():
         labels = {f"{h.name}_labels.txt": "\n".join(h.labels) + "\n" for h in det.spec.heads if h.activation == "softmax"}
-        onnx = det.onnx.with_name(cpu.onnx_file())
-        if not onnx.is_file():
-            raise RepositoryError(f"{det.spec.name}: {onnx} is missing (INT8 models come from the benchmarks' "
-                                  "quantisation step)")
-        _write_model(out, detector_config(det, max_batch, cpu), labels, model_py="detector", onnx=onnx, copy=copy)
+        onnx, digest = det.checked_onnx(cpu.int8)
+        _write_model(out, detector_config(det, max_batch, cpu, onnx_sha256=digest), labels, model_py="detector",
+                     onnx=onnx, copy=copy)
     post_files = {"sources.txt": "\n".join(source_names(detector_specs)) + "\n"}
     if nsfw_labels(detector_specs):
         post_files["nsfw_levels.txt"] = "\n".join(nsfw_labels(detector_specs)) + "\n"
     _write_model(out, postprocess_config(dets, max_batch, fusion), post_files, model_py="postprocess")
     _write_model(out, ensemble_config(dets, inputs, max_batch, validate=target in GPU_TARGETS), post_files)
-    return out
 
 
 def main(argv=None) -> int:
@@ -559,7 +625,7 @@ def main(argv=None) -> int:
         print(exc, file=sys.stderr)
         return 1
     print(f"rendered the {args.target} repository: {out}")
-    for folder in sorted(out.iterdir()):
+    for folder in sorted(p for p in out.iterdir() if p.is_dir()):
         print(f"  {folder.name}/")
     if args.target == "tensorrt":
         print("engines are built on the serving GPU: python -m genguard.export.tensorrt build "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -166,18 +167,39 @@ def test_reference_pipeline_vs_genguard(tiny_build, sessions, name):
 # failures
 
 
-def test_export_outside_tolerance_fails_and_says_so(tiny_build, tmp_path):
-    spec = dataclasses.replace(specs.get("imagetrust_binary"), prob_atol=1e-12)
+def test_export_outside_tolerance_fails_and_leaves_the_previous_good_export_untouched(tiny_build, tmp_path):
+    name = "imagetrust_binary"
+    shutil.copytree(tiny_build / "onnx" / name, tmp_path / name)
+    before = {f: (tmp_path / name / f).read_bytes() for f in ("model.onnx", "parity.json")}
+    spec = dataclasses.replace(specs.get(name), prob_atol=1e-12)
     images = dict(list(samples.photos().items())[:5])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        with pytest.raises(RuntimeError, match="outside tolerance"):
-            export_detector(spec, checkpoint_path(tiny_build, spec.name), tmp_path, images=images)
-    parity = json.loads((tmp_path / spec.name / "parity.json").read_text())
-    assert parity["passed"] is False
-    assert parity["tolerance"]["max_abs_prob"] == 1e-12
-    assert max(parity["onnx_vs_pytorch"]["max_abs_prob"], parity["reference"]["max_abs_prob"]) > 1e-12
-    assert (tmp_path / spec.name / "model.onnx").is_file()  # kept for inspection
+        with pytest.raises(RuntimeError, match="outside tolerance.*the previous export is untouched"):
+            export_detector(spec, checkpoint_path(tiny_build, name), tmp_path, images=images)
+    assert {f: (tmp_path / name / f).read_bytes() for f in before} == before
+    failed = json.loads((tmp_path / name / "parity.failed.json").read_text())
+    assert failed["passed"] is False and failed["tolerance"]["max_abs_prob"] == 1e-12
+    assert max(failed["onnx_vs_pytorch"]["max_abs_prob"], failed["reference"]["max_abs_prob"]) > 1e-12
+    assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["model.onnx", "parity.failed.json", "parity.json"]
+
+
+def test_first_export_that_fails_installs_nothing(tiny_build, tmp_path):
+    spec = dataclasses.replace(specs.get("imagetrust_binary"), prob_atol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(RuntimeError, match="nothing was installed"):
+            export_detector(spec, checkpoint_path(tiny_build, spec.name), tmp_path,
+                            images=dict(list(samples.photos().items())[:3]))
+    assert sorted(p.name for p in (tmp_path / spec.name).iterdir()) == ["parity.failed.json"]
+
+
+def test_parity_json_vouches_for_the_file_it_names(tiny_build):
+    from genguard.export import sha256_file
+
+    for name in specs.DETECTORS:
+        parity = json.loads((tiny_build / "onnx" / name / "parity.json").read_text())
+        assert parity["onnx_sha256"] == sha256_file(tiny_build / "onnx" / name / "model.onnx")
 
 
 def test_cli_real_weights_without_checkpoint(tmp_path, capsys):

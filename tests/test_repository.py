@@ -25,7 +25,7 @@ def repository(tiny_build, tmp_path_factory):
 
 
 def test_every_model_is_there_with_a_parsable_config(repository):
-    names = {p.name for p in repository.iterdir()}
+    names = {p.name for p in repository.iterdir() if p.is_dir()}
     assert names == {"preprocess", "postprocess", "genguard", *specs.DETECTORS}
     for name in names:
         config = read_config(repository / name)
@@ -53,7 +53,7 @@ def test_ensemble_wires_each_detector_to_its_input_and_heads(repository):
 
 
 def test_max_batch_size_is_consistent(repository):
-    sizes = {p.name: read_config(p).max_batch_size for p in repository.iterdir()}
+    sizes = {p.name: read_config(p).max_batch_size for p in repository.iterdir() if p.is_dir()}
     assert len(set(sizes.values())) == 1, sizes
     assert sizes["genguard"] > 1
 
@@ -114,3 +114,77 @@ def test_copy_mode_and_cli(tiny_build, tmp_path, capsys):
     assert str(tmp_path / "cli") in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown target"):
         render("tpu", tiny_build, tmp_path / "x")
+
+
+# --- a served model is the model that passed its check; rendering destroys nothing it didn't make ------
+
+def copy_build(tiny_build, tmp_path, names=("imagetrust_binary", "opensdi_flux")):
+    build = tmp_path / "build"
+    for name in names:
+        shutil.copytree(tiny_build / "onnx" / name, build / "onnx" / name)
+    return build, list(names)
+
+
+def test_a_model_changed_after_its_parity_check_is_refused(tiny_build, tmp_path):
+    build, names = copy_build(tiny_build, tmp_path)
+    onnx = build / "onnx" / "opensdi_flux" / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes() + b"\0")  # same model to ONNX's eyes, another file
+    with pytest.raises(RepositoryError, match="opensdi_flux: .* is not the file its parity check vouched for"):
+        render("cpu", build, tmp_path / "out", detectors=names)
+
+
+def test_int8_needs_a_passing_check_for_that_very_file(tiny_build, tmp_path):
+    from genguard.export import sha256_file
+    from genguard.export.repository import CpuOptions
+
+    build, names = copy_build(tiny_build, tmp_path, ("imagetrust_binary",))
+    folder = build / "onnx" / "imagetrust_binary"
+    int8 = folder / "model.int8.onnx"
+    shutil.copyfile(folder / "model.onnx", int8)  # a stand-in file: what matters is the record that vouches for it
+    with pytest.raises(RepositoryError, match="no passing INT8 check"):
+        render("cpu", build, tmp_path / "out", detectors=names, cpu=CpuOptions(int8=True))
+    parity_path = folder / "parity.json"
+    parity = json.loads(parity_path.read_text())
+    record = {"passed": True, "fp32_sha256": parity["onnx_sha256"], "onnx_sha256": "0" * 64}
+    parity_path.write_text(json.dumps({**parity, "int8": record}))
+    with pytest.raises(RepositoryError, match="not the file its INT8 check vouched for"):
+        render("cpu", build, tmp_path / "out", detectors=names, cpu=CpuOptions(int8=True))
+    parity_path.write_text(json.dumps({**parity, "int8": {**record, "fp32_sha256": "1" * 64}}))
+    with pytest.raises(RepositoryError, match="quantised from another FP32 export"):
+        render("cpu", build, tmp_path / "out", detectors=names, cpu=CpuOptions(int8=True))
+    parity_path.write_text(json.dumps({**parity, "int8": {**record, "onnx_sha256": sha256_file(int8)}}))
+    out = render("cpu", build, tmp_path / "out", detectors=names, cpu=CpuOptions(int8=True))
+    params = read_config(out / "imagetrust_binary").parameters
+    assert params["onnx_file"].string_value == "model.int8.onnx"
+    assert params["onnx_sha256"].string_value == sha256_file(int8)
+
+
+def test_render_never_replaces_a_folder_it_did_not_make(tiny_build, tmp_path):
+    build, names = copy_build(tiny_build, tmp_path)
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(RepositoryError, match="did not render; refusing"):
+        render("cpu", build, precious, detectors=names)
+    assert [p.name for p in precious.iterdir()] == ["thesis.tex"]
+    assert main(["--build", str(build), "--out", str(precious)]) == 1
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    # an empty folder, or one render() made, is fine: rendered again in place
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert render("cpu", build, empty, detectors=names) == empty and (empty / "genguard").is_dir()
+    render("cpu", build, empty, detectors=names[:1])
+    assert not (empty / "opensdi_flux").exists()  # the previous rendering is gone, replaced whole
+    assert not list(tmp_path.glob(".empty.*"))  # no staging or previous folder left behind
+
+
+def test_a_failed_render_leaves_the_previous_repository_in_place(tiny_build, tmp_path):
+    build, names = copy_build(tiny_build, tmp_path)
+    out = render("cpu", build, tmp_path / "out", detectors=names)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with pytest.raises(RepositoryError, match="not served: sumsub_sd"):
+        render("cpu", build, out, detectors=names, fusion=FusionConfig(weights={"sumsub_sd": 2.0}))
+    with pytest.raises(RepositoryError, match="all 0"):
+        render("cpu", build, out, detectors=names,
+               fusion=FusionConfig(weights={"opensdi_flux": 0.0, "imagetrust_binary": 0.0}))
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before

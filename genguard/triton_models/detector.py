@@ -1,9 +1,11 @@
 """One GenGuard detector (python backend): its exported ONNX on ONNX Runtime (CPU).
 
 Requests gathered by the dynamic batcher run as one ONNX Runtime batch. Refuses to load when the ONNX
-file is missing, unreadable, or disagrees with the config (detector, heads, weights provenance).
+file is missing, unreadable, is not the file whose parity check the renderer verified (sha256), or
+disagrees with the config (detector, heads, weights provenance).
 """
 
+import hashlib
 import json
 import os
 import sys
@@ -19,6 +21,14 @@ def parameters(config: dict) -> dict[str, str]:
     return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -28,6 +38,12 @@ class TritonPythonModel:
         if not path.is_file():
             raise pb_utils.TritonModelException(
                 f"{self.name}: {path} is missing; export it first (make export, or make export WEIGHTS=random)"
+            )
+        expected = params.get("onnx_sha256", "")
+        if expected and _sha256(path) != expected:
+            raise pb_utils.TritonModelException(
+                f"{self.name}: {path} changed since the repository was rendered: it is not the model that passed "
+                "its parity check (sha256 differs); render the repository again (make serve / make repository)"
             )
         try:
             self.session = onnx_runtime.session(
