@@ -13,6 +13,7 @@ from typing import TextIO
 
 from .errors import GenGuardError, ModelNotReady, RequestTimeout, ServerUnavailable
 from .inputs import Item, collect
+from .rest import Unauthorized
 from .results import Result, hive_view
 from .sync import Client
 from .transport import DEFAULT_PORTS, HOST, normalize_url
@@ -24,7 +25,7 @@ HANDFUL = 5  # more images than this get a progress bar
 EXIT_CODES = f"""exit status:
   {EXIT_OK}  every image was answered (health: the server and every model are ready)
   {EXIT_OTHER}  anything else (an unexpected error)
-  {EXIT_USAGE}  usage error (bad arguments)
+  {EXIT_USAGE}  usage error (bad arguments, or an API key the REST gateway refused)
   {EXIT_UNAVAILABLE}  server unreachable, connection lost after retries, or model not ready
   {EXIT_FAILED}  some images failed (unreadable, not an image, refused, timed out): their rows say why
 """
@@ -50,9 +51,19 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     connection = argparse.ArgumentParser(add_help=False)
     connection.add_argument("--url", default=None,
-                            help=f"host:port of GenGuard (default {HOST}:{DEFAULT_PORTS['grpc']} for grpc, "
-                                 f"{HOST}:{DEFAULT_PORTS['http']} for http)")
-    connection.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="default: grpc")
+                            help=f"host:port of GenGuard's Triton (default {HOST}:{DEFAULT_PORTS['grpc']} for grpc, "
+                                 f"{HOST}:{DEFAULT_PORTS['http']} for http), or http(s)://host:port of its REST "
+                                 "gateway")
+    connection.add_argument("--protocol", choices=("grpc", "http", "rest"), default=None,
+                            help="grpc (default), http, or rest (the REST gateway; the default for an "
+                                 "http(s):// --url)")
+    connection.add_argument("--api-key-file", default=None, metavar="FILE",
+                            help="REST gateway: a file holding the API key (sent as `Authorization: Bearer`)")
+    connection.add_argument("--tls", action="store_true", help="Triton over TLS (gRPC or HTTPS)")
+    connection.add_argument("--tls-ca", default=None, metavar="PEM",
+                            help="CA certificates to verify the server with (Triton TLS, or an https:// gateway)")
+    connection.add_argument("--tls-cert", default=None, metavar="PEM", help="client certificate (mutual TLS to Triton)")
+    connection.add_argument("--tls-key", default=None, metavar="PEM", help="client certificate's key")
     connection.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     connection.add_argument("--retries", type=int, default=3,
                             help="retries on connection loss / UNAVAILABLE, with exponential backoff (default 3)")
@@ -81,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("health", parents=[connection], epilog=EXIT_CODES,
                    formatter_class=argparse.RawDescriptionHelpFormatter,
                    help="is the server live and ready, and each model loaded?")
+    gateway = sub.add_parser("gateway", help="run GenGuard's REST gateway (needs the `gateway` extra)",
+                             description="GenGuard's REST gateway in front of Triton (FastAPI on uvicorn): "
+                                         "Hive-compatible and native routes; see README.")
+    from genguard.gateway.__main__ import add_arguments as gateway_arguments
+
+    gateway_arguments(gateway)
     from genguard.calibration.cli import add_parsers as calibration_parsers  # evaluate, calibrate
 
     calibration_parsers(sub, connection, EXIT_CODES)
@@ -162,8 +179,43 @@ def _warn_once(results: list[Result], err: TextIO) -> None:
         print(f"genguard: WARNING from the server: {warning}", file=err)
 
 
-def _client(args, **kwargs) -> Client:
-    return Client(args.url, protocol=args.protocol, timeout=args.timeout, retries=args.retries, **kwargs)
+def _client(args, **kwargs):
+    if args.protocol == "rest":
+        from .rest import RestClient, read_key_file
+
+        key = read_key_file(args.api_key_file) if args.api_key_file else None
+        return RestClient(args.url, api_key=key, timeout=args.timeout, retries=args.retries,
+                          verify=args.tls_ca or True, **kwargs)
+    tls = None
+    if args.tls or args.tls_ca or args.tls_cert:
+        from .transport import TLS
+
+        tls = TLS(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key)
+    return Client(args.url, protocol=args.protocol, timeout=args.timeout, retries=args.retries, tls=tls, **kwargs)
+
+
+def _resolve_protocol(args, parser: argparse.ArgumentParser) -> None:
+    """http(s):// URLs are REST gateways unless --protocol says otherwise; check what goes with what."""
+    url = args.url or ""
+    if args.protocol is None:
+        args.protocol = "rest" if url.startswith(("http://", "https://")) else "grpc"
+    if args.protocol == "rest":
+        if not url.startswith(("http://", "https://")):
+            parser.error("--protocol rest needs --url http(s)://host:port of a GenGuard gateway")
+        if args.tls or args.tls_cert:
+            parser.error("--tls and --tls-cert are for Triton; a gateway's TLS comes from its https:// URL "
+                         "(--tls-ca to verify it)")
+        if args.api_key_file and not os.path.isfile(args.api_key_file):
+            parser.error(f"--api-key-file {args.api_key_file}: no such file")
+        return
+    if args.api_key_file:
+        parser.error("--api-key-file is for the REST gateway (--url http(s)://host:port)")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    try:
+        normalize_url(args.url, args.protocol)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def detect(args, parser: argparse.ArgumentParser) -> int:
@@ -226,18 +278,22 @@ def health(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "gateway":
+        from genguard.gateway.__main__ import run as run_gateway
+
+        return run_gateway(args)
     if args.timeout <= 0 or args.retries < 0:
         parser.error("--timeout must be > 0 and --retries >= 0")
-    try:
-        normalize_url(args.url, args.protocol)
-    except ValueError as exc:
-        parser.error(str(exc))
+    _resolve_protocol(args, parser)
     try:
         if args.command in ("evaluate", "calibrate"):
             from genguard.calibration import cli as calibration_cli
 
             return getattr(calibration_cli, args.command)(args, _client)
         return detect(args, parser) if args.command == "detect" else health(args)
+    except Unauthorized as exc:
+        print(f"genguard: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except GenGuardError as exc:  # not one of the documented cases: say so rather than dump a trace
         print(f"genguard: {exc}", file=sys.stderr)
         return EXIT_OTHER

@@ -49,7 +49,11 @@ def test_help_documents_the_exit_codes(capsys):
     for line in ("0  every image was answered", "2  usage error", "3  server unreachable", "4  some images failed"):
         assert line in done.stdout, line
     for argv in (["detect"], ["detect", "x.png", "--format", "xml"], ["detect", "x.png", "--threshold", "1.5"],
-                 ["detect", "-", "-"], ["detect", "x.png", "--url", "https://tls.example"]):
+                 ["detect", "-", "-"], ["detect", "x.png", "--url", "ftp://tls.example"],
+                 ["detect", "x.png", "--protocol", "rest", "--url", "127.0.0.1:8080"],
+                 ["detect", "x.png", "--api-key-file", "keys", "--url", "127.0.0.1:8001"],
+                 ["detect", "x.png", "--url", "https://gw.example", "--tls"],
+                 ["detect", "x.png", "--tls-cert", "c.pem", "--url", "127.0.0.1:8001"]):
         with pytest.raises(SystemExit) as caught:
             cli.main(argv)
         assert caught.value.code == 2, argv

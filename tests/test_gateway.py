@@ -474,3 +474,59 @@ def test_make_serve_starts_and_stop_stops_the_gateway(triton, tmp_path, capsys):
         os.kill(pid, 0)
     with pytest.raises(requests.ConnectionError):
         requests.get(url + "/v1/health/live", timeout=5)
+
+
+# -- the client and CLI through the gateway -----------------------------------------------------------
+
+
+def genguard_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "genguard.client.cli", *args], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+
+
+def test_cli_detect_and_health_through_the_gateway(gateway, triton, tmp_path):
+    from genguard.client.rest import RestClient, Unauthorized
+
+    key_file = tmp_path / "key"
+    key_file.write_text(f"# the gateway's key\n{KEY}\n")
+    good, other = tmp_path / "good.png", tmp_path / "other.png"
+    good.write_bytes(png(20))
+    other.write_bytes(png(21, (33, 20)))
+    (tmp_path / "broken.jpg").write_bytes(hostile.cases(TEST_MAX_BYTES)["truncated_jpeg"][0])
+
+    out = genguard_cli("detect", str(good), str(other), "--url", gateway.url, "--api-key-file", str(key_file),
+                       "--format", "jsonl")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["index"], r["name"], r["status"]) for r in rows] == [(0, str(good), "SUCCESS"),
+                                                                    (1, str(other), "SUCCESS")]
+    expected = direct(triton, [good.read_bytes(), other.read_bytes()])
+    assert [r["is_ai_generated"] for r in rows] == pytest.approx([e.is_ai_generated for e in expected], abs=1e-5)
+
+    mixed = genguard_cli("detect", str(tmp_path / "broken.jpg"), str(good), str(tmp_path / "missing.png"),
+                         "--url", gateway.url, "--api-key-file", str(key_file), "--format", "csv")
+    assert mixed.returncode == 4, mixed.stderr
+    lines = mixed.stdout.splitlines()[1:]
+    assert ",FAILURE," in lines[0] and "truncated" in lines[0]
+    assert ",SUCCESS," in lines[1] and "not_found" in lines[2]
+
+    health = genguard_cli("health", "--url", gateway.url, "--api-key-file", str(key_file))
+    assert health.returncode == 0, health.stderr
+    assert "(rest): live yes, ready yes" in health.stdout and "genguard" in health.stdout
+
+    key_file.write_text("gk-not-the-key-0000000000000000\n")
+    refused = genguard_cli("detect", str(good), "--url", gateway.url, "--api-key-file", str(key_file))
+    assert refused.returncode == 2 and "refused the API key" in refused.stderr
+
+    with RestClient(gateway.url, api_key=KEY, batch_size=2, concurrency=2) as client:  # 5 images, 3 requests
+        results = client.detect([png(30 + i) for i in range(5)])
+    assert [r.index for r in results] == list(range(5)) and all(r.ok for r in results)
+    with RestClient(gateway.url) as client, pytest.raises(Unauthorized):
+        client.detect([png(1)])
+
+
+def test_cli_rest_gateway_unreachable_exits_3(tmp_path):
+    closed = free_ports(1)[0]
+    out = genguard_cli("detect", "--url", f"http://127.0.0.1:{closed}", "--retries", "1", str(ROOT / "README.md"))
+    assert out.returncode == 3, out.stderr
+    assert "cannot reach the GenGuard gateway" in out.stderr
