@@ -60,10 +60,11 @@ quantize: setup
 repository: setup
 	$(BIN)/python -m genguard.export.repository --target $(TARGET) --build $(BUILD)
 
-# Export if needed, render the cpu repository, start tritonserver on 127.0.0.1:8000/8001/8002, wait ready.
+# Export what the build lacks or holds differently from WEIGHTS/CHECKPOINTS/LABELS/DETECTORS, render the cpu
+# repository of DETECTORS (default: all that apply), start tritonserver on 127.0.0.1:8000/8001/8002, wait ready.
 serve: setup
 	$(BIN)/python -m genguard.server serve --weights $(WEIGHTS) --build $(BUILD) $(foreach c,$(CHECKPOINTS),--checkpoint $(c)) \
-		$(foreach r,$(REVISIONS),--revision $(r)) \
+		$(foreach r,$(REVISIONS),--revision $(r)) $(foreach l,$(LABELS),--labels $(l)) $(if $(DETECTORS),--detectors $(DETECTORS)) \
 		--ort-optimization $(ORT_OPT) --ort-threads $(ORT_THREADS) $(if $(INT8),--int8)
 
 stop:

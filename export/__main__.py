@@ -75,6 +75,54 @@ def selected_specs(args) -> list[specs.DetectorSpec]:
     return chosen
 
 
+def stale_exports(argv: list[str]) -> tuple[list[str], list[str]]:
+    """What `make serve` must export before serving: (the detectors argv asks for, those of them whose
+    export under --build is missing, failed, altered since its check, or differs from what argv names).
+
+    Compared: the weights kind (real/random) always; the checkpoint only for detectors argv names a
+    checkpoint for (its identity: hub id, or resolved path with file sizes and times); the label order
+    only for detectors argv reorders. What argv doesn't name is served as the build holds it.
+    """
+    from genguard.export.onnx_export import checkpoint_identity
+    from genguard.export.repository import RepositoryError, find_exports
+
+    args = parse_args(argv)
+    checkpoints = _pairs(args.checkpoint, "checkpoint")
+    relabelled = {name for name in _pairs(args.labels, "labels")}
+    wanted = selected_specs(args)
+    stale = []
+    for spec in wanted:
+        try:
+            (exported,) = find_exports(args.build, [spec.name])
+        except RepositoryError:
+            stale.append(spec.name)
+            continue
+        parity = exported.parity
+        if exported.weights != args.weights:
+            stale.append(spec.name)
+        elif args.weights == "real" and spec.name in checkpoints and parity.get(
+                "checkpoint_identity", parity.get("checkpoint")) != (
+                checkpoint_identity(checkpoints[spec.name])):
+            stale.append(spec.name)
+        elif spec.name in relabelled and [h.labels for h in exported.spec.heads] != [h.labels for h in spec.heads]:
+            stale.append(spec.name)
+    return [s.name for s in wanted], stale
+
+
+def only_detectors(argv: list[str], names: list[str]) -> list[str]:
+    """argv restricted to `names`: --detectors set, and --checkpoint/--labels/--revision of other detectors dropped."""
+    out, pending = [], list(argv)
+    while pending:
+        flag = pending.pop(0)
+        if flag in ("--checkpoint", "--labels", "--revision", "--detectors"):
+            value = pending.pop(0)
+            if flag != "--detectors" and value.partition("=")[0] in names:
+                out += [flag, value]
+        else:
+            out.append(flag)
+    return out + ["--detectors", ",".join(names)]
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("genguard").setLevel(logging.INFO)

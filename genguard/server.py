@@ -155,13 +155,15 @@ def stop_pid(pid: int, timeout: float = 40) -> bool:
 # make serve / make stop
 
 
-def _exports_match(build: Path, weights: str) -> bool:
-    from genguard.export.repository import RepositoryError, find_exports
-
-    try:
-        return all(d.weights == weights for d in find_exports(build))
-    except RepositoryError:
-        return False
+def export_arguments(args) -> list[str]:
+    """`python -m genguard.export` arguments for what `make serve` was asked to serve."""
+    argv = ["--weights", args.weights, "--build", str(args.build)]
+    if args.detectors:
+        argv += ["--detectors", args.detectors]
+    for flag, values in (("--checkpoint", args.checkpoint), ("--labels", args.labels), ("--revision", args.revision)):
+        for value in values:
+            argv += [flag, value]
+    return argv
 
 
 def serve(args) -> int:
@@ -174,16 +176,18 @@ def serve(args) -> int:
         print(f"a server is already running (pid file {pidfile} or port {ports.http} answers): make stop first",
               file=sys.stderr)
         return 1
-    if not _exports_match(build, args.weights):
-        from genguard.export.__main__ import main as export_main
+    from genguard.export.__main__ import UsageError, only_detectors, stale_exports
+    from genguard.export.__main__ import main as export_main
 
-        print(f"exporting detectors (WEIGHTS={args.weights}) ...", file=sys.stderr, flush=True)
-        export_args = ["--weights", args.weights, "--build", str(build)]
-        for checkpoint in args.checkpoint:
-            export_args += ["--checkpoint", checkpoint]
-        for revision in args.revision:
-            export_args += ["--revision", revision]
-        if export_main(export_args) != 0:
+    argv = export_arguments(args)
+    try:
+        wanted, stale = stale_exports(argv)
+    except UsageError as exc:
+        print(f"make serve: {exc}", file=sys.stderr)
+        return 2
+    if stale:  # re-export what the build lacks or holds differently from what was asked
+        print(f"exporting {', '.join(stale)} (WEIGHTS={args.weights}) ...", file=sys.stderr, flush=True)
+        if export_main(only_detectors(argv, stale)) != 0:
             return 1
     try:
         cpu = CpuOptions(optimization=args.ort_optimization, intra_op_threads=args.ort_threads, int8=args.int8)
@@ -196,7 +200,7 @@ def serve(args) -> int:
             except (OSError, ValueError, TypeError) as exc:
                 print(f"fusion configuration {args.fusion}: {exc}", file=sys.stderr)
                 return 1
-        repository = render("cpu", build, cpu=cpu, **({"fusion": fusion} if fusion else {}))
+        repository = render("cpu", build, cpu=cpu, detectors=wanted, **({"fusion": fusion} if fusion else {}))
     except RepositoryError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -345,6 +349,8 @@ def main(argv=None) -> int:
     serve_p = sub.choices["serve"]
     serve_p.add_argument("--weights", choices=("real", "random"), default="real")
     serve_p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH")
+    serve_p.add_argument("--labels", action="append", default=[], metavar="NAME=HEAD:L0,L1,...")
+    serve_p.add_argument("--detectors", default="", help="comma-separated subset to serve (default: all that apply)")
     serve_p.add_argument("--revision", action="append", default=[], metavar="NAME=REV",
                          help="pin a hub checkpoint's revision (commit, branch or tag)")
     serve_p.add_argument("--http-port", type=int, default=HTTP_PORT)
