@@ -6,11 +6,19 @@
 #   GENGUARD_REPOSITORY    rendered repository (default /models/$GENGUARD_TARGET)
 #   GENGUARD_ENGINE_CACHE  engine cache, keyed by GPU, TensorRT and ONNX (default /engine-cache)
 #   GENGUARD_ADMIN_KEY     key for the restricted model-repository/shared-memory APIs (else random)
+#   GENGUARD_GATEWAY_*     the REST gateway's settings (`gateway` command; genguard.gateway.settings)
 #
 # Any other command is run as given, e.g. a Kubernetes init container:
 #   python -m genguard.export.tensorrt build --repository /models/tensorrt --cache /engine-cache
 set -euo pipefail
 
+# `gateway`: GenGuard's REST gateway (genguard.gateway) on 0.0.0.0:8080, in front of the Triton at
+# GENGUARD_GATEWAY_TRITON_URL (default 127.0.0.1:8001: the same pod or `--network container:<server>`).
+# Off loopback it needs API keys: GENGUARD_GATEWAY_API_KEYS_FILE (a mounted Secret, one key per line).
+if [[ "${1:-}" == "gateway" ]]; then
+    shift
+    exec python3 -m genguard.gateway --host 0.0.0.0 "$@"
+fi
 if [[ $# -gt 0 && "$1" != "serve" ]]; then
     exec "$@"
 fi
