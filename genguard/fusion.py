@@ -7,6 +7,8 @@ The rule (documented in README.md, "How answers are fused"):
   is_ai      weighted_mean: sum_d w_d p_d / sum_d w_d     (default)
              max:           max_d (w_d / max_w) p_d       (equal weights: the plain max)
              logit_mean:    sigmoid(sum_d w_d logit(p_d) / sum_d w_d)
+             stacked:       sigmoid(intercept + sum_d c_d logit(p_d))  (c_d: `coefficients`, fitted by
+                            `genguard calibrate`; w_d still weighs the generator evidence)
   verdict    "ai_generated" if is_ai >= threshold + margin, "not_ai_generated" if < threshold - margin,
              else "uncertain" (margin 0 by default: no uncertain band)
   evidence   e(g) = sum over binary heads naming generator g of w_d p_d
@@ -23,6 +25,7 @@ The rule (documented in README.md, "How answers are fused"):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -43,10 +46,19 @@ class FusionConfig:
     margin: float = 0.0
     nsfw_level: str = "medium"
     nsfw_threshold: float = 0.5
+    # rule "stacked" (written by `genguard calibrate`): logistic regression on the detectors' logits
+    coefficients: dict[str, float] = field(default_factory=dict)  # detector -> c_d
+    intercept: float = 0.0
+    id: str = ""  # named in every answer's `fusion` block (default: derived from the configuration)
+    training: dict = field(default_factory=dict)  # how it was fitted: set size, date, target FPR ... (informative)
 
     def __post_init__(self):
-        if self.rule not in ("weighted_mean", "max", "logit_mean"):
-            raise ValueError(f"unknown fusion rule {self.rule!r}: weighted_mean, max or logit_mean")
+        if self.rule not in ("weighted_mean", "max", "logit_mean", "stacked"):
+            raise ValueError(f"unknown fusion rule {self.rule!r}: weighted_mean, max, logit_mean or stacked")
+        if self.rule == "stacked" and not self.coefficients:
+            raise ValueError("the stacked rule needs coefficients (write them with `genguard calibrate`)")
+        if not all(math.isfinite(c) for c in [*self.coefficients.values(), self.intercept]):
+            raise ValueError("stacked coefficients and intercept must be finite")
         if not 0.0 <= self.threshold <= 1.0 or self.margin < 0:
             raise ValueError("threshold must be in [0, 1] and margin >= 0")
         if any(not math.isfinite(w) or w < 0 for w in self.weights.values()):
@@ -65,9 +77,20 @@ class FusionConfig:
             raise ValueError(f"fusion weights name detectors that are not served: {', '.join(absent)} "
                              f"(served: {', '.join(sorted(served))})")
         deciding = [s.name for s in detectors if s.head("binary") is not None]
+        if self.rule == "stacked" and set(self.coefficients) != set(deciding):
+            raise ValueError(f"stacked coefficients name {', '.join(sorted(self.coefficients))}, but the served "
+                             f"detectors with a binary head are {', '.join(sorted(deciding))}: calibrate again "
+                             "against this server")
         if deciding and not any(self.weight(name) > 0 for name in deciding):
             raise ValueError(f"fusion weights are all 0 for the detectors that decide ({', '.join(deciding)}): "
                              "at least one must be > 0")
+
+    @property
+    def fusion_id(self) -> str:
+        """`id` if set, else a digest of the configuration (so every answer names what fused it)."""
+        if self.id:
+            return self.id
+        return "sha256:" + hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
     def weight(self, detector: str) -> float:
         return float(self.weights.get(detector, 1.0))
@@ -167,6 +190,10 @@ class Fuser:
         if cfg.rule == "max":
             max_w = max(w for w, _ in binary)
             is_ai = max(w / max_w * p for w, p in binary)
+        elif cfg.rule == "stacked":
+            z = cfg.intercept + sum(cfg.coefficients[s.name] * _logit(probs[s.name][h.name][h.positive])
+                                    for s in self.detectors for h in s.heads if h.role == "binary")
+            is_ai = 0.5 * (1.0 + math.tanh(0.5 * z))  # sigmoid, stable for large |z|
         elif cfg.rule == "logit_mean":
             is_ai = 1 / (1 + math.exp(-sum(w * _logit(p) for w, p in binary) / total_w))
         else:
@@ -211,7 +238,8 @@ class Fuser:
                         "sources_given_ai": None, "source": None})
         doc["weights"] = self.weights_used
         doc["revisions"] = self.revisions
-        doc["fusion"] = {"rule": self.config.rule, "threshold": self.config.threshold, "margin": self.config.margin}
+        doc["fusion"] = {"rule": self.config.rule, "threshold": self.config.threshold, "margin": self.config.margin,
+                         "id": self.config.fusion_id}
         if self.warnings:
             doc["warnings"] = self.warnings
         return doc

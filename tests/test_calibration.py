@@ -279,3 +279,55 @@ def test_analysis_flips_and_report(tmp_path):
     mixed = jpeg[:1] + [{**jpeg[1], "fusion": {"rule": "max", "threshold": 0.5}}]
     with pytest.raises(ValueError, match="different fusion"):
         analyse(mixed)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the served stacked rule (genguard/fusion.py), hand-computed
+
+def _fuser(config):
+    from genguard import specs
+    from genguard.fusion import Fuser
+
+    return Fuser([specs.get("opensdi_flux"), specs.get("sumsub_sd")], config,
+                 {"opensdi_flux": "random", "sumsub_sd": "random"})
+
+
+def _probs(flux: float, sd: float) -> dict:
+    return {"opensdi_flux": {"flux": {"Real_Image": 1 - flux, "Flux.1_Generated": flux}},
+            "sumsub_sd": {"sd": {"real": 1 - sd, "stable_diffusion": sd}}}
+
+
+def test_stacked_rule_hand_computed():
+    from genguard.fusion import FusionConfig
+
+    config = FusionConfig(rule="stacked", coefficients={"opensdi_flux": 2.0, "sumsub_sd": -0.5}, intercept=0.25,
+                          threshold=0.9, id="stacked-test")
+    answer = _fuser(config).fuse(_probs(0.8, 0.1))
+    # z = 0.25 + 2 ln(0.8/0.2) - 0.5 ln(0.1/0.9) = 0.25 + 4 ln 2 + 0.5 ln 9 = 0.25 + 2.772589 + 1.098612
+    z = 0.25 + 4 * math.log(2) + 0.5 * math.log(9)
+    assert z == pytest.approx(4.121201, abs=1e-6)
+    assert answer["is_ai_generated"] == pytest.approx(1 / (1 + math.exp(-z)), abs=1e-12)
+    assert answer["verdict"] == "ai_generated"  # 0.984 >= 0.9
+    assert _fuser(config).fuse(_probs(0.5, 0.5))["is_ai_generated"] == pytest.approx(1 / (1 + math.exp(-0.25)))
+    # the same function calibrate uses in process
+    assert cal.stacked_score(cal.logit([[0.8, 0.1]]), [2.0, -0.5], 0.25)[0] == pytest.approx(
+        answer["is_ai_generated"], abs=1e-15)
+    doc = _fuser(config).answer(0, {"ok": True, "width": 1, "height": 1, "format": "PNG"},
+                                {("opensdi_flux", "flux"): np.array([0.0, 0.0]), ("sumsub_sd", "sd"): np.array([0.0, 0.0])})
+    assert doc["fusion"]["id"] == "stacked-test" and doc["fusion"]["rule"] == "stacked"
+
+
+def test_stacked_config_refusals_and_default_id():
+    from genguard.fusion import FusionConfig
+
+    with pytest.raises(ValueError, match="needs coefficients"):
+        FusionConfig(rule="stacked")
+    with pytest.raises(ValueError, match="finite"):
+        FusionConfig(rule="stacked", coefficients={"sumsub_sd": float("nan")})
+    with pytest.raises(ValueError, match="calibrate again"):  # a detector served but not fitted
+        _fuser(FusionConfig(rule="stacked", coefficients={"sumsub_sd": 1.0}))
+    config = FusionConfig(rule="stacked", coefficients={"sumsub_sd": 1.0, "opensdi_flux": 1.0}, id="x",
+                          training={"n": 3})
+    assert FusionConfig.from_json(config.to_json()) == config
+    default = FusionConfig()
+    assert default.fusion_id.startswith("sha256:") and default.fusion_id != FusionConfig(threshold=0.6).fusion_id
