@@ -4,13 +4,13 @@ Never fails a batch for one image: a refused image gets zeros and a FAILURE in I
 """
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from genguard import protocol, specs
+from genguard.cpus import available_cpus
 from genguard.preprocess import DecodeLimits, ImageRejected, preprocess_bytes
 from genguard.triton_models import metrics
 
@@ -29,7 +29,7 @@ class TritonPythonModel:
             limits["formats"] = tuple(limits["formats"])
         self.limits = DecodeLimits(**limits)
         # Pillow releases the GIL while decoding and resizing, so threads decode images in parallel.
-        threads = int(params.get("decode_threads", "0")) or os.cpu_count() or 1
+        threads = int(params.get("decode_threads", "0")) or available_cpus()  # the container's quota, not the node
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
         self.metrics = metrics.RefusalMetrics(pb_utils, args["model_name"])
 

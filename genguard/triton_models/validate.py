@@ -6,7 +6,6 @@ valid placeholder and a FAILURE in IMAGE_INFO (which postprocess answers), so it
 """
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,6 +13,7 @@ import triton_python_backend_utils as pb_utils
 
 from genguard import protocol
 from genguard.export.dali import DALI_INPUT, pack, screen
+from genguard.cpus import available_cpus
 from genguard.preprocess import DecodeLimits
 from genguard.triton_models import metrics
 
@@ -30,7 +30,7 @@ class TritonPythonModel:
             limits["formats"] = tuple(limits["formats"])
         self.limits = DecodeLimits(**limits)
         self.verify = params.get("verify", "header")
-        threads = int(params.get("threads", "0")) or os.cpu_count() or 1
+        threads = int(params.get("threads", "0")) or available_cpus()  # the container's quota, not the node
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="screen")
         self.metrics = metrics.RefusalMetrics(pb_utils, args["model_name"])
 

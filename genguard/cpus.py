@@ -1,0 +1,71 @@
+"""How many CPUs this process may really use: in a container, the cgroup's CPU quota, not the node's cores.
+
+`os.cpu_count()` reports the node (100+ cores on a GPU server) even under a 4-CPU Kubernetes limit; sizing
+thread pools by it oversubscribes the quota and throttles the pod. The pools size themselves by
+available_cpus() unless a config parameter sets their size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _quota_v2(root: Path, relative: str) -> float | None:
+    """The tightest cpu.max quota (in CPUs) from the process's cgroup up to the root, cgroup v2."""
+    best = None
+    folder = root / relative.lstrip("/")
+    while True:
+        try:
+            quota, period = (folder / "cpu.max").read_text().split()[:2]
+            if quota != "max":
+                cpus = int(quota) / int(period)
+                best = cpus if best is None else min(best, cpus)
+        except (OSError, ValueError):
+            pass
+        if folder == root or root not in folder.parents:
+            return best
+        folder = folder.parent
+
+
+def _quota_v1(root: Path, relative: str) -> float | None:
+    """cfs_quota_us / cfs_period_us of the cpu controller, cgroup v1 (-1: no quota)."""
+    for folder in (root / "cpu" / relative.lstrip("/"), root / "cpu,cpuacct" / relative.lstrip("/"),
+                   root / "cpu", root / "cpu,cpuacct"):
+        try:
+            quota = int((folder / "cpu.cfs_quota_us").read_text())
+            period = int((folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return quota / period if quota > 0 and period > 0 else None
+    return None
+
+
+def cgroup_quota(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (may be fractional), or None when unlimited/unknown."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:  # "0::/path" (v2) or "4:cpu,cpuacct:/path" (v1)
+        _, controllers, path = line.split(":", 2)
+        if controllers == "" and (root / "cgroup.controllers").exists():
+            return _quota_v2(root, path)
+        if "cpu" in controllers.split(","):
+            return _quota_v1(root, path)
+    return None
+
+
+def available_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> int:
+    """min(affinity mask, cgroup quota rounded up), at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = cgroup_quota(root, proc_cgroup)
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
