@@ -32,6 +32,8 @@ OVERLAYS = {"dev": "gpu", "production": "gpu", "cpu": "cpu"}
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 SERVER = "server"
 PORTS = {"http": server.HTTP_PORT, "grpc": server.GRPC_PORT, "metrics": server.METRICS_PORT}
+GATEWAY = "gateway"  # the REST gateway's container and port name
+ALL_PORTS = {**PORTS, GATEWAY: server.GATEWAY_PORT}
 GPU = "nvidia.com/gpu"
 ADAPTER_RULES = DEPLOY / "prometheus-adapter" / "values.yaml"
 
@@ -286,12 +288,16 @@ def test_ports_match_genguard_server(rendered, overlay):
     for service in services:
         assert service["spec"]["selector"].items() <= labels.items()
         for port in service["spec"]["ports"]:
-            assert port["targetPort"] in PORTS and port["port"] == PORTS[port["targetPort"]] == PORTS[port["name"]]
+            assert port["targetPort"] in ALL_PORTS
+            assert port["port"] == ALL_PORTS[port["targetPort"]] == ALL_PORTS[port["name"]]
     client = one(objects, "Service", "genguard")
-    assert {p["name"] for p in client["spec"]["ports"]} == {"http", "grpc"}  # metrics only on genguard-metrics
+    # metrics only on genguard-metrics
+    assert {p["name"] for p in client["spec"]["ports"]} == {GATEWAY, "http", "grpc"}
+    [gateway] = [c for c in pod_spec(objects)["containers"] if c["name"] == GATEWAY]
+    assert {p["name"]: p["containerPort"] for p in gateway["ports"]} == {GATEWAY: server.GATEWAY_PORT}
     policy = one(objects, "NetworkPolicy")
     for rule in policy["spec"]["ingress"]:
-        assert {p["port"] for p in rule["ports"]} <= PORTS.keys()
+        assert {p["port"] for p in rule["ports"]} <= ALL_PORTS.keys()
 
 
 def test_probes(rendered, overlay):
@@ -467,7 +473,41 @@ def test_disruption_budget_and_network_policy(rendered, overlay):
         [peer] = rule["from"]  # each peer names pods: never a bare CIDR or an open rule
         assert peer["podSelector"]["matchLabels"] and "namespaceSelector" in peer
         allowed[json.dumps(peer, sort_keys=True)] = {p["port"] for p in rule["ports"]}
-    assert sorted(allowed.values(), key=sorted) == [{"grpc", "http"}, {"metrics"}]
+    if overlay != "production":
+        assert sorted(allowed.values(), key=sorted) == [{GATEWAY, "grpc", "http"}, {"metrics"}]
+        return
+    # production: from other namespaces only the gateway (and Prometheus's scrapes); Triton's ports
+    # only from this namespace
+    assert sorted(allowed.values(), key=sorted) == [{GATEWAY}, {"grpc", "http"}, {"metrics"}]
+    for peer, ports in allowed.items():
+        namespaces = json.loads(peer)["namespaceSelector"]
+        if ports == {GATEWAY}:
+            assert namespaces == {}
+        elif ports == {"grpc", "http"}:
+            assert namespaces == {"matchLabels": {"kubernetes.io/metadata.name": "genguard"}}
+        else:
+            assert namespaces == {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+
+
+def test_gateway_container(rendered, overlay):
+    """The REST gateway runs next to the server: the image's `gateway` command, Triton over localhost,
+    API keys from a Secret mounted read-only, probes on its own health routes, the gateway's body limit."""
+    from genguard.gateway.settings import ENV_PREFIX, Settings
+
+    spec = pod_spec(rendered[overlay])
+    [gateway] = [c for c in spec["containers"] if c["name"] == GATEWAY]
+    assert gateway["image"] == server_container(rendered[overlay])["image"] and gateway["args"] == ["gateway"]
+    env = {k: v["value"] for k, v in env_of(gateway).items()}
+    assert env[ENV_PREFIX + "TRITON_URL"] == f"127.0.0.1:{server.GRPC_PORT}"
+    assert int(env[ENV_PREFIX + "MAX_BODY_BYTES"]) == Settings().max_body_bytes
+    keys = Path(env[ENV_PREFIX + "API_KEYS_FILE"])
+    [mount] = [m for m in gateway["volumeMounts"] if m["mountPath"] == str(keys.parent)]
+    assert mount["readOnly"] is True
+    [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "genguard-api-keys"
+    for probe, path in {"readinessProbe": "/v1/health/ready", "livenessProbe": "/v1/health/live"}.items():
+        assert gateway[probe]["httpGet"] == {"path": path, "port": GATEWAY}, probe
+    assert gateway["resources"]["limits"]["memory"]
 
 
 def _adapter_rule() -> dict:
