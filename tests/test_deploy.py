@@ -302,11 +302,17 @@ def test_ports_match_genguard_server(rendered, overlay):
 
 def test_probes(rendered, overlay):
     main = server_container(rendered[overlay])
-    paths = {"startupProbe": "/v2/health/ready", "readinessProbe": "/v2/health/ready",
-             "livenessProbe": "/v2/health/live"}
+    paths = {"startupProbe": "/v2/health/ready", "readinessProbe": "/v2/health/ready"}
     for probe, path in paths.items():
         get = main[probe]["httpGet"]
         assert get["path"] == path and get["port"] == "http", probe
+    # liveness: a real inference (a dead python-backend stub leaves the model READY and /live answering),
+    # through genguard.server's own probe command, against the container's own HTTP port
+    command = main["livenessProbe"]["exec"]["command"]
+    assert command[:4] == ["python3", "-m", "genguard.server", "probe"] and "httpGet" not in main["livenessProbe"]
+    url = command[command.index("--url") + 1]
+    assert url == f"127.0.0.1:{dict((p['name'], p['containerPort']) for p in main['ports'])['http']}"
+    assert float(command[command.index("--timeout") + 1]) < main["livenessProbe"]["timeoutSeconds"]
     startup = main["startupProbe"]
     budget = startup["periodSeconds"] * startup["failureThreshold"]
     # A GPU pod may have to build TensorRT engines before it is ready; the CPU one only loads models.
