@@ -681,9 +681,15 @@ def parse_args(argv=None):
     return args
 
 
+def serves_int8(detectors: list[Detector]) -> bool:
+    """Whether the running server serves any detector's INT8 model (read from its configs, not a tag)."""
+    from genguard.export.quantize import INT8_FILE
+
+    return any(d.onnx.name == INT8_FILE for d in detectors)
+
+
 def served_tag(detectors: list[Detector]) -> str:
-    int8 = any(d.onnx.name != "model.onnx" for d in detectors)
-    tag = "int8" if int8 else "fp32"
+    tag = "int8" if serves_int8(detectors) else "fp32"
     opt = {d.optimization for d in detectors}
     threads = {d.threads for d in detectors}
     if opt != {"all"}:
@@ -754,8 +760,8 @@ def main(argv=None) -> int:
         elif agree:
             s.update(agree["detectors"][name]["served_vs_reference"])
         summary.append(s)
-    int8 = tag.startswith("int8")
-    target_items = targets(summary[0], agree, int8) if ensemble_rows else []
+    # Judged by what the server serves: a --tag names the output files, it doesn't choose the targets.
+    target_items = targets(summary[0], agree, serves_int8(detectors)) if ensemble_rows else []
     finished = time.time()
     info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result = {

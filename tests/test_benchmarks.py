@@ -160,6 +160,21 @@ def test_targets_say_met_or_missed_and_by_how_much():
 # writers
 
 
+def test_int8_targets_follow_what_the_server_serves_not_the_tag():
+    from pathlib import Path
+
+    def served(*files):
+        return [compare.Detector(spec=None, params={}, onnx=Path(f"onnx/d{i}/{f}"), fp32_onnx=Path(f"onnx/d{i}/model.onnx"),
+                                 checkpoint="", reference=None, session=None, flops=0) for i, f in enumerate(files)]
+
+    assert not compare.serves_int8(served("model.onnx", "model.onnx"))
+    assert compare.serves_int8(served("model.onnx", "model.int8.onnx"))
+    assert compare.served_tag(served("model.onnx")) == "fp32"
+    # main() passes serves_int8(...) to targets(); a user's --tag "int8-try" on an FP32 server keeps FP32 goals
+    source = Path(compare.__file__).read_text()
+    assert "targets(summary[0], agree, serves_int8(detectors))" in source and 'tag.startswith("int8")' not in source
+
+
 def test_markdown_table_formats_cells():
     rows = [{"name": "a|b", "x": 1234.5678, "r": 1.234, "p": 0.051, "e": 3.2e-3},
             {"name": "c", "x": None, "r": float("nan"), "p": None, "e": 0.0}]
