@@ -21,10 +21,14 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
-def machine() -> trt.Machine:
+def gpu() -> None:
     absent = trt.gpu_absent_reason()  # a broken driver raises: an error, not a skip
     if absent:
         pytest.skip(f"no GPU here: {absent}")
+
+
+@pytest.fixture(scope="module")
+def machine(gpu) -> trt.Machine:
     capability, name, memory = trt.gpu_info()
     kind, tool = gpu_check.engine_tool()  # neither trtexec nor TensorRT's Python module: fails
     version = trt.tensorrt_version() if kind == "trtexec" else ".".join(tool.split(".")[:3])
@@ -40,13 +44,13 @@ def test_engines_match_onnxruntime_fp32(machine, tiny_build, tmp_path):
     assert all(r.ok for r in rows), [r for r in rows if not r.ok]
 
 
-def test_dali_on_the_gpu_matches_the_reference(machine):
+def test_dali_on_the_gpu_matches_the_reference(gpu):
     rows = gpu_check.check_dali(log=print)
     print(gpu_check.format_table(rows, [], "DALI on the GPU"))
     assert len(rows) == 5 and all(r.ok for r in rows), [r for r in rows if not r.ok]
 
 
-def test_perf_analyzer_throughput(machine, tmp_path):
+def test_perf_analyzer_throughput(gpu, tmp_path):
     """Against a running GPU server (the image): GENGUARD_GPU_URL=host:8001 (gRPC). Starting the NGC
     server is outside what a test can do here, so without the address there is nothing to measure."""
     url = os.environ.get("GENGUARD_GPU_URL")
