@@ -23,6 +23,13 @@ ASSETS_MESSAGE = ("NVCF asset ids are not supported: GenGuard has no asset store
                   f"in `input` as a data URL, `{DATA_URL}`")
 
 
+async def read_body(request) -> bytes:
+    """The body, read once and not cached on the request (Request.body() would keep it for the whole
+    request); the body limit is enforced while it streams in (limits.BodyLimit)."""
+    chunks = [chunk async for chunk in request.stream()]
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def parse_json(body: bytes) -> Any:
     if not body:
         raise ApiError(422, "invalid_json", 'empty body: send {"input": ["data:image/png;base64,..."]}')

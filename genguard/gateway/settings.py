@@ -26,7 +26,7 @@ class Settings:
     max_images: int = 64                  # images per request
     deadline_s: float = 60.0              # queue wait + inference, per request (504 after)
     max_concurrency: int = 8              # requests forwarded to Triton at once
-    max_queue: int = 32                   # admitted requests waiting for one of those slots (429 beyond)
+    max_queue: int = 16                   # admitted requests waiting for one of those slots (429 beyond)
     retry_after_s: int = 1                # Retry-After on 429 and 503
     triton_retries: int = 1               # reconnect attempts before answering 503
     triton_backoff_s: float = 0.25

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import ApiError
-from ..inputs import check_count, decode_all, parse_json, validate
+from ..inputs import check_count, decode_all, parse_json, read_body, validate
 from ..limits import require_key
 from ..schemas import ERROR_RESPONSES, DetectMultipart, DetectRequest, DetectResponse
 
@@ -57,7 +57,7 @@ async def detect(request: Request):
         if kind == "multipart/form-data":
             images, names = await _multipart(request, state.settings.max_images)
         elif kind == "application/json" or kind.endswith("+json"):
-            body = validate(DetectRequest, parse_json(await request.body()), request.headers)
+            body = validate(DetectRequest, parse_json(await read_body(request)), request.headers)
             images = decode_all(body.input, state.settings.max_images)
             if body.names is not None and len(body.names) != len(body.input):
                 raise ApiError(422, "invalid_request",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from ..inputs import decode_all, parse_json, validate
+from ..inputs import decode_all, parse_json, read_body, validate
 from ..limits import require_key
 from ..schemas import ERROR_RESPONSES, ExtendedResponse, HiveItem, HiveRequest, HiveResponse
 
@@ -31,7 +31,7 @@ async def hive_detect(request: Request, extended: bool = Query(
     "status"}]}`. A bad image is that item's FAILURE; the others are answered."""
     state = request.app.state.gateway
     async with state.limiter.admit():
-        body = validate(HiveRequest, parse_json(await request.body()), request.headers)
+        body = validate(HiveRequest, parse_json(await read_body(request)), request.headers)
         images = decode_all(body.input, state.settings.max_images)
         del body
         docs = await state.answer(PATH, images)
