@@ -101,3 +101,28 @@ def test_compare_heads_on_hand_computed_logits():
     assert (top1, counted) == (1.0, 1)  # image 2 is a near tie (0.0005 apart): not counted
     delta, top1, counted = gpu_check.compare_heads(spec, reference, served, tolerance=1e-5)
     assert (top1, counted) == (0.5, 2)  # at a tighter tolerance it is decided, and flipped
+
+
+def test_gpu_tests_fail_rather_than_skip_on_a_gpu_without_tensorrt(tmp_path):
+    """tests/test_gpu.py on a (faked) GPU machine with neither trtexec nor TensorRT: the engine test fails
+    with the reason; it does not skip."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = f"""
+import sys
+import pytest
+from genguard.export import gpu_check, tensorrt as trt
+trt.gpu_absent_reason = lambda: None
+trt.gpu_info = lambda device=0: ("9.0", "NVIDIA H200", 143771)
+def engine_tool():
+    raise trt.EngineError("no trtexec and no TensorRT Python module")
+gpu_check.engine_tool = engine_tool
+sys.exit(pytest.main(["-q", "-rs", "-p", "no:cacheprovider", "--basetemp", {str(tmp_path / "t")!r},
+                      {str(root / "tests" / "test_gpu.py")!r}, "-k", "engines"]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "no trtexec and no TensorRT Python module" in done.stdout and "skipped" not in done.stdout.lower()
