@@ -109,7 +109,7 @@ def test_heads_are_well_formed(spec):
 @pytest.mark.parametrize(
     "name, roles, label_counts",
     [
-        # from the model cards (DESIGN.md table)
+        # from the model cards (README "The detectors")
         ("opensdi_flux", ("binary",), (2,)),
         ("sumsub_sd", ("binary",), (2,)),
         ("freepik_nsfw", ("nsfw",), (4,)),
@@ -199,3 +199,16 @@ def test_distinct_inputs_refuses_two_specs_under_one_name():
     assert a.input.name == b.input.name and a.input != b.input
     with pytest.raises(ValueError, match=a.input.name):
         specs.distinct_inputs([a, b])
+
+
+def test_the_project_stands_alone():
+    """No file cites a planning document outside the repository (its facts belong in the project's docs)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    outside = ("DESIGN" + ".md", "../" + "shared", "/work/" + "shared")  # split so this file doesn't match itself
+    offenders = [f for f in tracked if (root / f).is_file() and (root / f).suffix in (".py", ".md", ".toml", ".yaml",
+                 ".yml", ".txt", ".cfg", "") and any(s in (root / f).read_text(errors="ignore") for s in outside)]
+    assert offenders == []
