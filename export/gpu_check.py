@@ -396,8 +396,6 @@ def run(build: Path, url: str | None, concurrencies, log=print) -> tuple[list[Ro
         machine = trt.Machine(capability, trt.tensorrt_version(), name, memory)
     except trt.EngineError:
         machine = None
-    title = (f"gpu-check: {name} (compute capability {capability}, {memory} MiB), TensorRT "
-             f"{machine.tensorrt if machine else 'absent'}")
     rows, skipped = [], []
     with tempfile.TemporaryDirectory(prefix="genguard-gpu-check-") as tmp:
         workdir = Path(tmp)
@@ -425,6 +423,8 @@ def run(build: Path, url: str | None, concurrencies, log=print) -> tuple[list[Ro
                            "GENGUARD_GPU_URL=host:8001 make gpu-check)")
         else:
             rows += check_throughput(url, concurrencies, workdir, log)
+    title = (f"gpu-check: {name} (compute capability {capability}, {memory} MiB), TensorRT "
+             f"{machine.tensorrt if machine else 'absent'}")
     return rows, skipped, title
 
 
