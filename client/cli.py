@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     from genguard.gateway.__main__ import add_arguments as gateway_arguments
 
     gateway_arguments(gateway)
+    weights = sub.add_parser("weights", add_help=False,
+                             help="hub checkpoints for air-gapped installs: download | pack | verify | unpack "
+                                  "(needs the `export` extra; `genguard weights -h`)")
+    weights.add_argument("weights_args", nargs=argparse.REMAINDER)
     from genguard.calibration.cli import add_parsers as calibration_parsers  # evaluate, calibrate
 
     calibration_parsers(sub, connection, EXIT_CODES)
@@ -276,6 +280,14 @@ def health(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["weights"]:  # = python -m genguard.export.weights (its own arguments, -h included)
+        try:
+            from genguard.export.weights import main as weights_main
+        except ImportError as exc:
+            print(f"genguard weights needs the `export` extra (huggingface_hub): {exc}", file=sys.stderr)
+            return EXIT_OTHER
+        return weights_main(argv[1:], prog="genguard weights")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "gateway":

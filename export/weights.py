@@ -386,8 +386,8 @@ def pin_line(manifest: dict) -> str:
 # command line
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m genguard.export.weights", description=__doc__,
+def main(argv=None, prog: str = "python -m genguard.export.weights") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     cache_help = "Hugging Face hub cache (default: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)"
@@ -429,8 +429,8 @@ def main(argv=None) -> int:
                 print(f"  {name:<14} {entry['repo_id']} @ {entry['revision']} "
                       f"(refs/{entry['requested_revision']})")
             print(f"next: HF_HUB_OFFLINE=1 make serve CHECKPOINTS=...   (to pin: REVISIONS=\"{pin_line(manifest)}\")")
-    except (WeightsError, WeightsUnavailable, KeyError, tarfile.TarError, json.JSONDecodeError) as exc:
-        print(f"python -m genguard.export.weights {args.command}: error: {exc}", file=sys.stderr)
+    except (WeightsError, WeightsUnavailable, KeyError, OSError, tarfile.TarError, json.JSONDecodeError) as exc:
+        print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return 0
 

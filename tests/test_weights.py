@@ -106,6 +106,9 @@ def test_pack_unpack_round_trip_lands_in_the_hub_cache_layout(small_cache, tmp_p
                     / entry["revision"] / f["path"]).read_bytes()
             assert f["sha256"] == hashlib.sha256(data).hexdigest() and f["size"] == len(data)
     assert weights.verify(pack) == manifest
+    from genguard.client.cli import main as cli_main  # `genguard weights` is the same command
+
+    assert cli_main(["weights", "verify", str(pack)]) == 0
 
     offline = tmp_path / "offline" / "hub"
     weights.unpack(pack, cache=str(offline))
