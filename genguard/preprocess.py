@@ -7,6 +7,7 @@ raises ImageRejected with a reason code and one readable sentence, so one bad im
 from __future__ import annotations
 
 import io
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from genguard.specs import InputSpec
+
+log = logging.getLogger("genguard.preprocess")
 
 # Above this many pixels, a shorter-side resize only computes its center crop (see prepare()).
 MAX_INTERMEDIATE_PIXELS = 64_000_000
@@ -257,5 +260,9 @@ def preprocess_bytes(
         return decoded, preprocess(decoded, inputs)
     except ImageRejected:
         raise
-    except Exception as exc:  # e.g. an exotic mode Pillow can't convert
+    except (OSError, ValueError) as exc:  # Pillow's word for a mode it can't convert, or data it can't read
         raise ImageRejected("unconvertible", f"image could not be converted to RGB: {exc}") from None
+    except Exception as exc:  # anything else is a bug: its own reason, and the traceback in the log
+        log.exception("unexpected error while preprocessing an image")
+        raise ImageRejected("internal", f"unexpected error while preprocessing the image "
+                                        f"({type(exc).__name__}: {exc}); please report it") from exc

@@ -54,11 +54,31 @@ def check_invariants(data: bytes, limits: DecodeLimits = LIMITS) -> str:
         _, tensors = preprocess_bytes(data, INPUTS, limits)
     except ImageRejected as exc:
         assert exc.reason and str(exc)
+        assert exc.reason != "internal", f"an unexpected exception escaped the expected paths: {exc}"
         return exc.reason
     for name, spec in INPUTS.items():
         assert tensors[name].shape == spec.shape and tensors[name].dtype == np.float32
         assert np.isfinite(tensors[name]).all()
     return "SUCCESS"
+
+
+def test_an_unexpected_exception_is_told_apart_and_logged(monkeypatch, caplog):
+    from genguard import preprocess as module
+
+    def broken(decoded, inputs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(module, "preprocess", broken)
+    with caplog.at_level("ERROR", logger="genguard.preprocess"):
+        with pytest.raises(ImageRejected) as error:
+            preprocess_bytes(SEEDS[sorted(SEEDS)[0]], INPUTS, LIMITS)
+    assert error.value.reason == "internal" and "KeyError" in str(error.value)
+    assert caplog.records and caplog.records[0].exc_info and "a bug" in caplog.text
+    # Pillow's own conversion errors stay "unconvertible"
+    monkeypatch.setattr(module, "preprocess", lambda d, i: (_ for _ in ()).throw(ValueError("mode XYZ")))
+    with pytest.raises(ImageRejected, match="converted to RGB") as error:
+        preprocess_bytes(SEEDS[sorted(SEEDS)[0]], INPUTS, LIMITS)
+    assert error.value.reason == "unconvertible"
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
