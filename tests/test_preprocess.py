@@ -403,3 +403,39 @@ def test_one_by_ten_thousand_does_not_allocate_the_reference_intermediate():
     started = time.perf_counter()
     out = prepare(image, spec)
     assert out.shape == spec.shape and time.perf_counter() - started < 2.0
+
+
+# The published preprocessor_config.json of google/siglip2-base-patch16-224 (the vision tower OpenSDI-Flux
+# fine-tunes), pinned here by hand: the SigLIP parity must not compare the spec with a config written from
+# the spec itself (the random checkpoints' processor configs are).
+SIGLIP2_BASE_224_PROCESSOR = {
+    "image_processor_type": "SiglipImageProcessor",
+    "do_resize": True,
+    "size": {"height": 224, "width": 224},
+    "resample": 2,  # PIL.Image.BILINEAR
+    "do_rescale": True,
+    "rescale_factor": 0.00392156862745098,
+    "do_normalize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+}
+
+
+def test_siglip_preprocessing_equals_the_upstream_processor(tmp_path):
+    import json
+
+    from transformers import AutoImageProcessor
+
+    from genguard.export.reference import open_rgb
+
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(SIGLIP2_BASE_224_PROCESSOR))
+    processor = AutoImageProcessor.from_pretrained(tmp_path, backend="pil")  # the card's backend (no torchvision)
+    spec = specs.get("opensdi_flux").input
+    images = samples.all_images()
+    worst = 0.0
+    for name, data in images.items():
+        expected = processor(images=open_rgb(data), return_tensors="np")["pixel_values"][0]
+        ours = preprocess_bytes(data, {"x": spec})[1]["x"]
+        assert ours.shape == expected.shape, name
+        worst = max(worst, float(np.abs(ours - expected).max()))
+    assert worst == 0.0, f"max |d| {worst} vs the upstream SigLIP processor"
