@@ -115,7 +115,7 @@ def _unavailable(run):
 def _server(args) -> str:
     from genguard.client.transport import DEFAULT_PORTS, HOST
 
-    return args.url or f"{HOST}:{DEFAULT_PORTS[args.protocol]} ({args.protocol})"
+    return args.url or f"{HOST}:{DEFAULT_PORTS.get(args.protocol, '?')} ({args.protocol})"
 
 
 @_unavailable
