@@ -162,13 +162,19 @@ def test_random_weights_are_loud_in_the_log(triton):
         assert re.search(rf"RANDOM WEIGHTS: detector {name} serves random weights", log), name
 
 
-@pytest.mark.parametrize("damage, message", [("corrupt", "is not a valid ONNX model"), ("missing", "is missing")])
+@pytest.mark.parametrize("damage, message", [
+    ("corrupt", "changed since the repository was rendered"),
+    ("swapped", "changed since the repository was rendered"),  # a valid ONNX model, but not the checked one
+    ("missing", "is missing"),
+])
 def test_startup_fails_clearly_when_a_model_file_is_bad(tiny_build, tmp_path, damage, message):
     """Render a good repository, damage one detector's model.onnx, and start: the server must refuse."""
     repository = render("cpu", tiny_build, tmp_path / "repository", detectors=["imagetrust_binary"], copy=True)
     onnx = repository / "imagetrust_binary" / "1" / "model.onnx"
     if damage == "corrupt":
         onnx.write_bytes(b"this is not protobuf")
+    elif damage == "swapped":
+        onnx.write_bytes((tiny_build / "onnx" / "imagetrust_source" / "model.onnx").read_bytes())
     else:
         onnx.unlink()
     ports = server.Ports(*free_ports(3))
@@ -180,3 +186,44 @@ def test_startup_fails_clearly_when_a_model_file_is_bad(tiny_build, tmp_path, da
     finally:
         server.stop_pid(process.pid)
     assert message in log.read_text(errors="replace")
+
+
+# --- the served answer is the in-process fusion of the served probabilities ---------------------------
+
+def assert_served_equals_in_process(docs, fuser):
+    for doc in docs:
+        assert doc["status"] == "SUCCESS"
+        expected = fuser.fuse(doc["detectors"])
+        for key in ("is_ai_generated", "possible_sources", "sources_given_ai"):
+            assert doc[key] == pytest.approx(expected[key], abs=1e-6), key
+        assert (doc["verdict"], doc["source"]) == (expected["verdict"], expected["source"])
+        assert sum(doc["possible_sources"].values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_served_fusion_equals_in_process_default(triton):
+    from genguard.fusion import FusionConfig, Fuser
+
+    docs = answers(infer(triton, list(samples.photos().values())[:8]))
+    detectors = [specs.get(name) for name in docs[0]["detectors"]]
+    assert_served_equals_in_process(docs, Fuser(detectors, FusionConfig(), {}))
+
+
+def test_served_fusion_equals_in_process_generator_less_max_with_weights_and_margin(tiny_build, tmp_path):
+    from conftest import start_server
+    from genguard.fusion import FusionConfig, Fuser
+
+    names = ["imagetrust_binary", "freepik_nsfw"]  # no head names a generator
+    config = FusionConfig(rule="max", weights={"imagetrust_binary": 2.0}, threshold=0.45, margin=0.05)
+    running = start_server(tiny_build, tmp_path, detectors=names, fusion=config)
+    try:
+        result = infer(running, list(samples.photos().values())[:8], kind="grpc")
+        docs = answers(result)
+        assert docs[0]["fusion"]["rule"] == "max" and docs[0]["fusion"]["margin"] == 0.05
+        assert_served_equals_in_process(docs, Fuser([specs.get(n) for n in names], config, {}))
+        for doc in docs:
+            assert list(doc["possible_sources"]) == ["none", "unknown"] and doc["sources_given_ai"] == {"unknown": 1.0}
+            assert doc["source"] == {"ai_generated": "unknown", "not_ai_generated": "none"}.get(doc["verdict"])
+        numeric = result.as_numpy(protocol.POSSIBLE_SOURCES)
+        assert numeric.shape == (8, 2) and np.allclose(numeric.sum(1), 1.0, atol=1e-6)
+    finally:
+        server.stop_pid(running.process.pid)
