@@ -145,6 +145,42 @@ def test_every_family_is_published_with_its_type(triton):
     assert ours and ours <= published, ours - published
 
 
+@pytest.mark.server
+def test_validate_step_counts_its_refusals(tiny_build, tmp_path):
+    """The GPU targets' entry step (python backend, CPU) served alone by the real tritonserver: its
+    refusals land in genguard_image_failures_total{model="validate"} (the DALI step and the engines
+    need a GPU; validate does not)."""
+    import shutil
+
+    from conftest import free_ports
+    from genguard import server
+    from genguard.export.repository import render
+
+    rendered = render("tensorrt", tiny_build, tmp_path / "tensorrt", detectors=["imagetrust_binary"])
+    repository = tmp_path / "repository"
+    shutil.copytree(rendered / "validate", repository / "validate")
+    ports = server.Ports(*free_ports(3))
+    process = server.start(repository, tmp_path / "home", ports=ports, log_file=tmp_path / "log")
+    try:
+        server.wait_ready(process, ports, timeout=120, log_file=tmp_path / "log")
+        url = f"http://127.0.0.1:{ports.metrics}/metrics"
+        before, _ = scrape(url)
+        rocket = samples.photos()["rocket.jpg"]
+        images = [rocket, b"", rocket[:1000], b"GIF89a junk", samples.photos()["coins.png"], b""]
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{ports.http}")
+        batch = protocol.pack_images(images)
+        tensor = httpclient.InferInput(protocol.INPUT, list(batch.shape), "UINT8")
+        tensor.set_data_from_numpy(batch)
+        infos = [json.loads(r) for r in client.infer("validate", [tensor]).as_numpy(protocol.IMAGE_INFO).reshape(-1)]
+        after, _ = scrape(url)
+    finally:
+        server.stop_pid(process.pid)
+    refused = Counter(i["reason"] for i in infos if not i["ok"])
+    assert [i["ok"] for i in infos] == [True, False, False, False, True, False] and refused["empty"] == 2
+    for reason in metrics.REASONS:
+        assert delta(before, after, metrics.FAILURES_TOTAL, model="validate", reason=reason) == refused[reason], reason
+
+
 # ---------------------------------------------------------------------------------------------------------
 # what is counted (no server)
 
