@@ -237,6 +237,30 @@ def test_download_offline_with_a_complete_cache_resolves_the_commit(small_cache)
         assert f"{spec.source} @ {commit_of(spec.source)}" in result.stdout
 
 
+def test_a_pinned_revision_is_the_one_loaded_offline(tiny_build, tmp_path):
+    """Two commits cached, refs/main on the first: --revision picks the second; an absent one is named."""
+    spec = specs.get("sumsub_sd")
+    folder = checkpoint_path(tiny_build, spec.name)
+    files = {name: (folder / name).read_bytes() for name in published_files(spec)}
+    cache = tmp_path / "hf" / "hub"
+    pinned = hashlib.sha1(b"pinned").hexdigest()
+    seed_repo(cache, spec.source, pinned, files)
+    seed_repo(cache, spec.source, commit_of(spec.source), files)  # refs/main -> this one
+    code = ("import sys, warnings; warnings.simplefilter('ignore')\n"
+            "from genguard import specs; from genguard.export.checkpoints import load\n"
+            "from genguard.export.weights import WeightsUnavailable\n"
+            "for source in sys.argv[1:]:\n"
+            "    try: print('REVISION', load(specs.get('sumsub_sd'), source).revision)\n"
+            "    except WeightsUnavailable as exc: print('ERROR', exc)\n")
+    absent = "f" * 40
+    result = run([sys.executable, "-c", code, spec.source, f"{spec.source}@{pinned}", f"{spec.source}@{absent}"],
+                 HF_HOME=tmp_path / "hf", HF_HUB_OFFLINE=1)
+    assert result.returncode == 0, result.stderr
+    lines = [l for l in result.stdout.splitlines() if l.startswith(("REVISION", "ERROR"))]
+    assert lines[:2] == [f"REVISION {commit_of(spec.source)}", f"REVISION {pinned}"]
+    assert lines[2].startswith(f"ERROR sumsub_sd: cannot load {spec.source} (revision {absent})")
+
+
 # ---------------------------------------------------------------------------------------------------
 # the whole path: seeded cache -> pack -> (corrupted pack refused) -> unpack -> default export with
 # HF_HUB_OFFLINE=1 -> `make serve`'s launcher -> a served answer naming real weights and the revisions
