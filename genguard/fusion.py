@@ -18,6 +18,14 @@ The rule (documented in README.md, "How answers are fused"):
   sources    possible_sources (Hive's distribution, sums to 1): [none] = 1 - is_ai, [g] = is_ai * given_ai[g]
   source     from the verdict (genguard/verdicts.py): ai_generated -> argmax_g given_ai[g] (or "unknown"),
              not_ai_generated -> "none", uncertain -> null
+  provenance metadata read from the bytes (genguard.provenance; README "Provenance"): a C2PA manifest that
+             validates, from a trusted signer, declaring AI generation decides (is_ai = 1, verdict
+             ai_generated, decided_by "c2pa", its generator the source); any other declaration of AI
+             generation (untrusted or invalid manifest, XMP, EXIF, generation-tool text) acts by
+             `provenance`: off (reported only), evidence (is_ai <- 1 - (1 - is_ai)(1 - s), given_ai <-
+             (1 - s) given_ai + s onehot(its generator); s = provenance_strength), decide (as a trusted
+             manifest, decided_by "metadata"). A trusted manifest claiming camera capture decides
+             not_ai_generated only with trust_capture. Missing metadata is never evidence either way.
   nsfw       level = argmax; at_least[l] = sum of the probabilities of l and every higher level
              (Freepik card); is_nsfw = at_least[nsfw_level] >= nsfw_threshold
 """
@@ -35,7 +43,12 @@ import numpy as np
 from genguard import protocol, specs
 from genguard.scores import head_probs
 from genguard.specs import DetectorSpec
-from genguard.verdicts import NONE, UNKNOWN, source_for, verdict_for
+from genguard.provenance import generators
+from genguard.verdicts import AI, NONE, NOT_AI, UNKNOWN, source_for, verdict_for
+
+
+PROVENANCE_POLICIES = ("off", "evidence", "decide")
+AI_DECLARATIONS = ("ai_generated", "ai_composite")  # signal kinds that declare AI generation
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,10 @@ class FusionConfig:
     intercept: float = 0.0
     id: str = ""  # named in every answer's `fusion` block (default: derived from the configuration)
     training: dict = field(default_factory=dict)  # how it was fitted: set size, date, target FPR ... (informative)
+    # provenance (README "Provenance"): what an untrusted or metadata-only declaration of AI generation does
+    provenance: str = "evidence"  # off | evidence | decide
+    provenance_strength: float = 0.9  # s in evidence mode: how far a declaration moves is_ai towards 1
+    trust_capture: bool = False  # a trusted C2PA camera-capture claim decides not_ai_generated
 
     def __post_init__(self):
         if self.rule not in ("weighted_mean", "max", "logit_mean", "stacked"):
@@ -59,6 +76,10 @@ class FusionConfig:
             raise ValueError("the stacked rule needs coefficients (write them with `genguard calibrate`)")
         if not all(math.isfinite(c) for c in [*self.coefficients.values(), self.intercept]):
             raise ValueError("stacked coefficients and intercept must be finite")
+        if self.provenance not in PROVENANCE_POLICIES:
+            raise ValueError(f"unknown provenance policy {self.provenance!r}: {', '.join(PROVENANCE_POLICIES)}")
+        if not 0.0 <= self.provenance_strength <= 1.0:
+            raise ValueError("provenance_strength must be in [0, 1]")
         if not 0.0 <= self.threshold <= 1.0 or self.margin < 0:
             raise ValueError("threshold must be in [0, 1] and margin >= 0")
         if any(not math.isfinite(w) or w < 0 for w in self.weights.values()):
@@ -134,6 +155,11 @@ def nsfw_labels(detectors: list[DetectorSpec]) -> list[str]:
     return list(head.labels) if head else []
 
 
+def _trusted(signal: dict) -> bool:
+    """A signal from a C2PA manifest that validated and chains to a configured trust anchor."""
+    return signal.get("source") == "c2pa" and (signal.get("detail") or {}).get("state") == "trusted"
+
+
 def _logit(p: float) -> float:
     p = min(max(p, 1e-7), 1 - 1e-7)
     return math.log(p / (1 - p))
@@ -171,7 +197,7 @@ class Fuser:
                 out[spec.name][head.name] = {label: float(p) for label, p in zip(head.labels, probs)}
         return out
 
-    def fuse(self, probs: dict[str, dict[str, dict[str, float]]]) -> dict:
+    def fuse(self, probs: dict[str, dict[str, dict[str, float]]], provenance: dict | None = None) -> dict:
         cfg = self.config
         binary, evidence = [], {name: 0.0 for name in self.sources[1:]}
         for spec in self.detectors:
@@ -201,15 +227,18 @@ class Fuser:
 
         total_e = sum(evidence.values())
         given_ai = {name: (e / total_e if total_e > 1e-12 else 1.0 / len(evidence)) for name, e in evidence.items()}
+        is_ai, given_ai, verdict, block = self.apply_provenance(is_ai, given_ai, provenance)
         sources = {NONE: 1.0 - is_ai, **{name: is_ai * share for name, share in given_ai.items()}}
-        verdict = verdict_for(is_ai, cfg.threshold, cfg.margin)
         answer = {
             "is_ai_generated": is_ai,
             "verdict": verdict,
             "possible_sources": sources,
             "sources_given_ai": given_ai,
             "source": source_for(verdict, given_ai),
+            "decided_by": block["decided_by"] if block else None,
         }
+        if block is not None:
+            answer["provenance"] = block
         nsfw_head = next(((s.name, h) for s in self.detectors for h in s.heads if h.role == "nsfw"), None)
         if nsfw_head:
             scores = probs[nsfw_head[0]][nsfw_head[1].name]
@@ -224,18 +253,74 @@ class Fuser:
             }
         return answer
 
+    def apply_provenance(self, is_ai: float, given_ai: dict[str, float], provenance: dict | None):
+        """(is_ai, given_ai, verdict, provenance block) after the provenance rule (module docstring)."""
+        cfg = self.config
+        if provenance is None:
+            return is_ai, given_ai, verdict_for(is_ai, cfg.threshold, cfg.margin), None
+        block = self.provenance_block(provenance)
+        block["pixel_is_ai_generated"] = is_ai
+        signals = provenance.get("signals") or []
+        declared = [s for s in signals if s.get("kind") in AI_DECLARATIONS]
+        trusted = [s for s in declared if _trusted(s)]
+        capture = [s for s in signals if s.get("kind") == "capture" and _trusted(s)]
+        onehot = None
+        if block["source"] is not None and block["source"] in given_ai:
+            onehot = {name: float(name == block["source"]) for name in given_ai}
+        decided = None
+        if cfg.provenance == "off":
+            pass
+        elif trusted:
+            decided = "c2pa"
+        elif declared and cfg.provenance == "decide":
+            decided = "metadata"
+        elif declared:  # evidence
+            s = cfg.provenance_strength
+            is_ai = 1.0 - (1.0 - is_ai) * (1.0 - s)
+            if onehot:
+                given_ai = {name: (1.0 - s) * share + s * onehot[name] for name, share in given_ai.items()}
+            block["effect"] = "evidence"
+        elif capture and cfg.trust_capture:
+            block["decided_by"], block["effect"] = "c2pa", "decided"
+            return 0.0, given_ai, NOT_AI, block
+        if decided:
+            block["decided_by"], block["effect"] = decided, "decided"
+            return 1.0, onehot or given_ai, AI, block
+        return is_ai, given_ai, verdict_for(is_ai, cfg.threshold, cfg.margin), block
+
+    def provenance_block(self, provenance: dict) -> dict:
+        """The answer's `provenance` block: what was looked for and found, and what the policy made of it."""
+        signals = provenance.get("signals") or []
+        declared = sorted((s for s in signals if s.get("kind") in AI_DECLARATIONS),
+                          key=lambda s: (not _trusted(s), s.get("generator") is None))
+        generator = next((s.get("generator") for s in declared if s.get("generator")), None)
+        return {
+            "looked_for": provenance.get("looked_for", []),
+            "signals": signals,
+            "c2pa": provenance.get("c2pa"),
+            "notes": provenance.get("notes", []),
+            "declares_ai": bool(declared),
+            "generator": generator,
+            "source": generators.to_source(generator, self.sources),
+            "policy": self.config.provenance,
+            "effect": "none",
+            "decided_by": None,
+        }
+
     def answer(self, index: int, info: dict, logits: dict[tuple[str, str], np.ndarray] | None) -> dict:
         """The full per-image JSON document; `info` is preprocess's IMAGE_INFO for this image."""
         doc = {"index": index, "status": protocol.SUCCESS if info.get("ok") else protocol.FAILURE,
                "error": None if info.get("ok") else {"reason": info.get("reason"), "message": info.get("message")}}
         if info.get("ok"):
             probs = self.probabilities(logits)
-            doc.update(self.fuse(probs))
+            doc.update(self.fuse(probs, info.get("provenance")))
             doc["detectors"] = probs
             doc["image"] = {k: info[k] for k in ("width", "height", "format") if k in info}
         else:
             doc.update({"is_ai_generated": None, "verdict": None, "possible_sources": None,
-                        "sources_given_ai": None, "source": None})
+                        "sources_given_ai": None, "source": None, "decided_by": None})
+            if info.get("provenance") is not None:  # reported, though the image could not be answered
+                doc["provenance"] = self.provenance_block(info["provenance"])
         doc["weights"] = self.weights_used
         doc["revisions"] = self.revisions
         doc["fusion"] = {"rule": self.config.rule, "threshold": self.config.threshold, "margin": self.config.margin,

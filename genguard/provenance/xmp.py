@@ -3,8 +3,6 @@ expansion and external entities, is refused outright."""
 
 from __future__ import annotations
 
-from defusedxml import ElementTree as SafeET
-
 from genguard.provenance import generators
 from genguard.provenance.sourcetypes import source_type_signal
 
@@ -24,6 +22,8 @@ def _split(tag: str) -> tuple[str, str]:
 
 def fields(packet: bytes) -> dict[str, list[str]]:
     """The fields of FIELDS found in one packet, as attributes or elements (plain or rdf:resource)."""
+    from defusedxml import ElementTree as SafeET  # imported here: the client imports the mapping table only
+
     root = SafeET.fromstring(packet, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     found: dict[str, list[str]] = {}
     for element in root.iter():
