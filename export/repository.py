@@ -33,6 +33,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from genguard import protocol, specs, triton_models
 from genguard.export import sha256_file
 from genguard.fusion import FusionConfig, nsfw_labels, source_names
+from genguard.provenance import ProvenanceConfig
 from genguard.preprocess import DecodeLimits
 from genguard.specs import DetectorSpec
 
@@ -151,7 +152,8 @@ def apply_queue_policy(config: mc.ModelConfig, queue: QueuePolicy) -> None:
 
 
 def preprocess_config(inputs: dict[str, specs.InputSpec], max_batch: int, limits: DecodeLimits,
-                      decode_threads: int = 0, queue: QueuePolicy = QueuePolicy()) -> mc.ModelConfig:
+                      decode_threads: int = 0, queue: QueuePolicy = QueuePolicy(),
+                      provenance: ProvenanceConfig = ProvenanceConfig()) -> mc.ModelConfig:
     config = mc.ModelConfig(name=protocol.PREPROCESS, backend="python", max_batch_size=max_batch)
     _tensor(config.input, protocol.INPUT, mc.TYPE_UINT8, [-1])
     for name, spec in inputs.items():
@@ -159,7 +161,8 @@ def preprocess_config(inputs: dict[str, specs.InputSpec], max_batch: int, limits
     _tensor(config.output, protocol.IMAGE_INFO, mc.TYPE_STRING, [1])
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
     apply_queue_policy(config, queue)  # dynamic batching of equal-length requests, and the burst policy
-    _params(config, inputs=",".join(inputs), limits=dataclasses.asdict(limits), decode_threads=str(decode_threads))
+    _params(config, inputs=",".join(inputs), limits=dataclasses.asdict(limits), decode_threads=str(decode_threads),
+            provenance=provenance.to_json())
     return config
 
 
@@ -410,7 +413,8 @@ def onnx_gpu_detector_config(det: ExportedDetector, max_batch: int, gpu: GpuOpti
 
 
 def validate_config(max_batch: int, limits: DecodeLimits, verify: str = "header",
-                    queue: QueuePolicy = QueuePolicy()) -> mc.ModelConfig:
+                    queue: QueuePolicy = QueuePolicy(),
+                    provenance: ProvenanceConfig = ProvenanceConfig()) -> mc.ModelConfig:
     from genguard.export.dali import DALI_INPUT
 
     config = mc.ModelConfig(name=VALIDATE, backend="python", max_batch_size=max_batch)
@@ -419,7 +423,7 @@ def validate_config(max_batch: int, limits: DecodeLimits, verify: str = "header"
     _tensor(config.output, protocol.IMAGE_INFO, mc.TYPE_STRING, [1])
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
     apply_queue_policy(config, queue)
-    _params(config, limits=dataclasses.asdict(limits), verify=verify)
+    _params(config, limits=dataclasses.asdict(limits), verify=verify, provenance=provenance.to_json())
     return config
 
 
@@ -445,11 +449,12 @@ def dali_preprocess_config(inputs: dict[str, specs.InputSpec], max_batch: int, g
 
 
 def _render_gpu(target: str, out: Path, dets: list[ExportedDetector], inputs: dict[str, specs.InputSpec],
-                max_batch: int, limits: DecodeLimits, gpu: GpuOptions, copy: bool) -> None:
+                max_batch: int, limits: DecodeLimits, gpu: GpuOptions, copy: bool,
+                provenance: ProvenanceConfig = ProvenanceConfig()) -> None:
     from genguard.export import dali
     from genguard.export.tensorrt import ONNX_FOLDER, RECIPE_FILE
 
-    _write_model(out, validate_config(max_batch, limits, gpu.verify, gpu.queue), model_py=VALIDATE)
+    _write_model(out, validate_config(max_batch, limits, gpu.verify, gpu.queue, provenance), model_py=VALIDATE)
     warmup = dali.warmup_jpeg()
     _write_model(out, dali_preprocess_config(inputs, max_batch, gpu, warmup_bytes=len(warmup)))
     dali.write_model(out / protocol.PREPROCESS, dali.pipeline_parameters(inputs))
@@ -516,13 +521,14 @@ def _place(source: Path, target: Path, copy: bool) -> None:
 def render(target: str, build: Path, out: Path | None = None, *, detectors: list[str] | None = None,
            max_batch: int = DEFAULT_MAX_BATCH, fusion: FusionConfig = FusionConfig(),
            limits: DecodeLimits = DecodeLimits(), cpu: CpuOptions = CpuOptions(), copy: bool | None = None,
-           gpu: GpuOptions = GpuOptions()) -> Path:
+           gpu: GpuOptions = GpuOptions(), provenance: ProvenanceConfig = ProvenanceConfig()) -> Path:
     """Render build/model_repository/<target>/ (or `out`) and return its path.
 
     copy: copy model.onnx files (True) or symlink them to build/onnx (False). Default (None): copies for
     the GPU targets, which are meant to be copied onto a volume or into an image where a symlink into
     this machine's build/ would dangle; symlinks for the cpu target served in place by `make serve`.
     cpu: options of the cpu target; gpu: options of the onnx-gpu and tensorrt targets.
+    provenance: metadata reading in preprocess/validate (trust anchors, limits, full text).
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
@@ -540,7 +546,7 @@ def render(target: str, build: Path, out: Path | None = None, *, detectors: list
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     try:
-        _render_into(staging, target, dets, max_batch, fusion, limits, cpu, copy, gpu)
+        _render_into(staging, target, dets, max_batch, fusion, limits, cpu, copy, gpu, provenance)
         (staging / RENDERED_MARKER).write_text(f"rendered by genguard.export.repository for target {target}\n")
         _swap_into_place(staging, out)
     finally:
@@ -572,13 +578,15 @@ def _swap_into_place(staging: Path, out: Path) -> None:
 
 
 def _render_into(out: Path, target: str, dets: list[ExportedDetector], max_batch: int, fusion: FusionConfig,
-                 limits: DecodeLimits, cpu: CpuOptions, copy: bool, gpu: GpuOptions) -> None:
+                 limits: DecodeLimits, cpu: CpuOptions, copy: bool, gpu: GpuOptions,
+                 provenance: ProvenanceConfig = ProvenanceConfig()) -> None:
     inputs = specs.distinct_inputs([d.spec for d in dets])
     detector_specs = [d.spec for d in dets]
     if target in GPU_TARGETS:
-        _render_gpu(target, out, dets, inputs, max_batch, limits, gpu, copy)
+        _render_gpu(target, out, dets, inputs, max_batch, limits, gpu, copy, provenance)
     else:
-        _write_model(out, preprocess_config(inputs, max_batch, limits, queue=cpu.queue), model_py="preprocess")
+        _write_model(out, preprocess_config(inputs, max_batch, limits, queue=cpu.queue, provenance=provenance),
+                     model_py="preprocess")
     for det in dets if target == "cpu" else ():
         labels = {f"{h.name}_labels.txt": "\n".join(h.labels) + "\n" for h in det.spec.heads if h.activation == "softmax"}
         onnx, digest = det.checked_onnx(cpu.int8)
@@ -602,6 +610,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: BUILD/model_repository/TARGET")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH)
     parser.add_argument("--fusion", type=Path, default=None, help="JSON file of FusionConfig fields")
+    parser.add_argument("--trust-anchors", type=Path, default=None,
+                        help="PEM bundle of C2PA trust anchors (default: none; valid manifests are 'untrusted')")
     files = parser.add_mutually_exclusive_group()
     files.add_argument("--copy", dest="copy", action="store_const", const=True, default=None,
                        help="copy model.onnx files (default for the GPU targets: a self-contained repository)")
@@ -616,11 +626,12 @@ def main(argv=None) -> int:
     gpu_args.add_argument("--ort-cache", default=GpuOptions.ort_cache, help="onnx-gpu: ORT TensorRT EP engine cache")
     args = parser.parse_args(argv)
     fusion = FusionConfig.from_json(args.fusion.read_text()) if args.fusion else FusionConfig()
+    provenance = ProvenanceConfig(trust_anchors=args.trust_anchors.read_text() if args.trust_anchors else "")
     gpu = GpuOptions(instances=args.instances, gpus=tuple(int(g) for g in args.gpus.split(",") if g.strip()),
                      opt_batch=args.opt_batch, verify=args.verify, ort_cache=args.ort_cache)
     try:
         out = render(args.target, args.build, args.out, max_batch=args.max_batch, fusion=fusion, copy=args.copy,
-                     gpu=gpu)
+                     gpu=gpu, provenance=provenance)
     except RepositoryError as exc:
         print(exc, file=sys.stderr)
         return 1

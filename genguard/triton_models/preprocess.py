@@ -11,7 +11,8 @@ import triton_python_backend_utils as pb_utils
 
 from genguard import protocol, specs
 from genguard.cpus import available_cpus
-from genguard.preprocess import DecodeLimits, ImageRejected, preprocess_bytes
+from genguard.preprocess import DecodeLimits, ImageRejected, encoded_extent, preprocess_bytes
+from genguard.provenance import Extractor, ProvenanceConfig
 from genguard.triton_models import metrics
 
 
@@ -32,11 +33,13 @@ class TritonPythonModel:
         threads = int(params.get("decode_threads", "0")) or available_cpus()  # the container's quota, not the node
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
         self.metrics = metrics.RefusalMetrics(pb_utils, args["model_name"])
+        self.provenance = Extractor(ProvenanceConfig.from_json(params.get("provenance", "")))
 
     def _one(self, data: bytes):
         try:
             decoded, tensors = preprocess_bytes(data, self.inputs, self.limits)
             info = {"ok": True, "width": decoded.width, "height": decoded.height, "format": decoded.format}
+            info["provenance"] = self.provenance.extract(encoded_extent(data))  # never raises
             return info, tensors
         except ImageRejected as exc:
             return {"ok": False, "reason": exc.reason, "message": str(exc)}, None

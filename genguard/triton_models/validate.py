@@ -14,7 +14,8 @@ import triton_python_backend_utils as pb_utils
 from genguard import protocol
 from genguard.export.dali import DALI_INPUT, pack, screen
 from genguard.cpus import available_cpus
-from genguard.preprocess import DecodeLimits
+from genguard.preprocess import DecodeLimits, encoded_extent
+from genguard.provenance import Extractor, ProvenanceConfig
 from genguard.triton_models import metrics
 
 
@@ -33,10 +34,14 @@ class TritonPythonModel:
         threads = int(params.get("threads", "0")) or available_cpus()  # the container's quota, not the node
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="screen")
         self.metrics = metrics.RefusalMetrics(pb_utils, args["model_name"])
+        self.provenance = Extractor(ProvenanceConfig.from_json(params.get("provenance", "")))
 
     def _one(self, data: bytes):
         try:
-            return screen(data, self.limits, self.verify)
+            screened = screen(data, self.limits, self.verify)
+            if screened.info.get("ok"):  # the same metadata reading as the cpu target's preprocess
+                screened.info["provenance"] = self.provenance.extract(encoded_extent(data))
+            return screened
         except Exception as exc:  # a bug must fail one image loudly, not the batch
             from genguard.export.dali import Screened, placeholder
 
