@@ -133,6 +133,10 @@ def _png(data: bytes, limits: MetadataLimits) -> Blocks:
         if kind in (b"tEXt", b"zTXt", b"iTXt"):
             if not _text_count_ok(blocks, limits):
                 continue
+            if length > limits.max_metadata_bytes:  # never copied, never parsed
+                blocks.notes.append(f"{kind.decode()} chunk of {length} bytes skipped "
+                                    f"(limit {limits.max_metadata_bytes})")
+                continue
             _png_text(blocks, kind, data[body_at:body_at + length], limits)
         elif kind == b"eXIf":
             if blocks.exif is None and blocks.take(length, "EXIF", limits):
@@ -183,7 +187,7 @@ def _webp(data: bytes, limits: MetadataLimits) -> Blocks:
     while pos + 8 <= size:
         kind = data[pos:pos + 4]
         length = int.from_bytes(data[pos + 4:pos + 8], "little")
-        body = data[pos + 8:pos + 8 + length]
+        body_at = pos + 8
         pos += 8 + length + (length & 1)
         chunks += 1
         if chunks > limits.max_blocks:
@@ -191,10 +195,13 @@ def _webp(data: bytes, limits: MetadataLimits) -> Blocks:
             break
         if kind == b"EXIF":
             if blocks.exif is None and blocks.take(length, "EXIF", limits):
+                body = data[body_at:body_at + length]
                 blocks.exif = body[6:] if body.startswith(b"Exif\0\0") else body
         elif kind == b"XMP ":
-            if _xmp_fits(blocks, body, limits):
-                blocks.xmp.append(body)
+            if length > limits.max_xmp_bytes:
+                blocks.notes.append(f"XMP packet of {length} bytes skipped (limit {limits.max_xmp_bytes})")
+            elif _xmp_fits(blocks, data[body_at:body_at + length], limits):
+                blocks.xmp.append(data[body_at:body_at + length])
         elif kind == b"C2PA":
             blocks.c2pa_bytes += length
     return blocks

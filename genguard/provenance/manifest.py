@@ -48,7 +48,7 @@ class ManifestReader:
                 store = json.loads(reader.json())
                 state = reader.get_validation_state()
         except c2pa.C2paError as exc:
-            return {"present": True, "state": "error", "failures": [type(exc).__name__],
+            return {"present": True, "state": "error", "failures": [type(exc).__name__.lstrip("_").removeprefix("C2pa")],
                     "message": str(exc)[:300]}
         return summarize(store, state)
 

@@ -1,0 +1,261 @@
+"""Provenance signals read from raw bytes (genguard.provenance) and the fusion's provenance policy,
+in-process. Fixtures are made here: a test CA, manifests signed with c2pa-python's Builder, tool metadata."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import provenance_fixtures as F
+from genguard import specs
+from genguard.fusion import FusionConfig, Fuser, source_names
+from genguard.provenance import Extractor, MetadataLimits, ProvenanceConfig, generators
+
+pytest.importorskip("c2pa")  # a declared dependency (server extra); its absence is an install error elsewhere
+
+ALL = list(specs.DETECTORS.values())
+
+
+@pytest.fixture(scope="module")
+def cas():
+    return F.make_ca("GenGuard Test"), F.make_ca("Somewhere Else")
+
+
+@pytest.fixture(scope="module")
+def extractor(cas):
+    return Extractor(ProvenanceConfig(trust_anchors=cas[0].pem))
+
+
+def kinds(result):
+    return [(s["source"], s["kind"], s["generator"]) for s in result["signals"]]
+
+
+# --- C2PA -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt, mime", [("JPEG", "image/jpeg"), ("PNG", "image/png")])
+def test_c2pa_trusted_untrusted_and_without_anchors(cas, extractor, fmt, mime):
+    trusted_ca, other_ca = cas
+    plain = F.encode(F.picture(seed=1), fmt)
+    signed = F.sign(plain, mime, trusted_ca.signer(), agent="Adobe Firefly")
+    result = extractor.extract(signed)
+    block = result["c2pa"]
+    assert block["present"] and block["state"] == "trusted" and block["failures"] == []
+    assert block["signer"] == {"issuer": "GenGuard Test", "common_name": "GenGuard Test Signer"}
+    assert block["claim_generator"].startswith("GenGuard test generator")
+    assert block["actions"][0] == {"action": "c2pa.created", "software_agent": "Adobe Firefly",
+                                   "digital_source_type": "trainedAlgorithmicMedia"}
+    assert block["digital_source_types"] == ["trainedAlgorithmicMedia"]
+    assert kinds(result) == [("c2pa", "ai_generated", "firefly")]
+    assert result["signals"][0]["detail"]["state"] == "trusted"
+    # signed by a CA that is not an anchor: valid, but untrusted
+    assert extractor.extract(F.sign(plain, mime, other_ca.signer()))["c2pa"]["state"] == "untrusted"
+    # no anchors configured at all: honestly untrusted
+    assert Extractor().extract(signed)["c2pa"]["state"] == "untrusted"
+    # the unsigned image: looked for, none present, no signal
+    unsigned = extractor.extract(plain)
+    assert unsigned["c2pa"] == {"present": False} and unsigned["signals"] == []
+    assert unsigned["looked_for"] == ["c2pa", "xmp", "exif", "text"]
+
+
+def test_c2pa_pixels_changed_after_signing_is_invalid_with_its_codes(cas, extractor):
+    signed = F.sign(F.encode(F.picture(seed=2), "JPEG"), "image/jpeg", cas[0].signer())
+    block = extractor.extract(F.tamper_jpeg_pixels(signed))["c2pa"]
+    assert block["state"] == "invalid"
+    assert "assertion.dataHash.mismatch" in block["failures"]
+
+
+def test_c2pa_capture_claim_is_a_capture_signal(cas, extractor):
+    signed = F.sign(F.encode(F.picture(seed=4), "JPEG"), "image/jpeg", cas[0].signer(),
+                    source_type=F.CAPTURE, agent="Test Camera Firmware")
+    assert kinds(extractor.extract(signed)) == [("c2pa", "capture", None)]
+
+
+def test_malformed_jumbf_is_an_error_state_not_a_failure(extractor):
+    data = F.jpeg_with_segments(F.picture(), (0xEB, b"JP\x02\x11\x00\x00\x00\x01\x00\x00\x00\x20jumbc2pa garbage"))
+    result = extractor.extract(data)
+    assert result["c2pa"]["present"] and result["c2pa"]["state"] == "error" and result["signals"] == []
+
+
+# --- XMP, EXIF, text --------------------------------------------------------------------------------------
+
+def test_xmp_digital_source_type_and_creator_tool(extractor):
+    result = extractor.extract(F.jpeg_with_xmp(F.xmp_packet(creator_tool="Midjourney v6")))
+    assert kinds(result) == [("xmp", "ai_generated", None), ("xmp", "ai_generated", "midjourney")]
+    assert result["signals"][0]["detail"]["digital_source_type"] == "trainedAlgorithmicMedia"
+    composite = extractor.extract(F.jpeg_with_xmp(F.xmp_packet(
+        "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia")))
+    assert kinds(composite) == [("xmp", "ai_composite", None)]
+    capture = extractor.extract(F.jpeg_with_xmp(F.xmp_packet(F.CAPTURE, creator_tool="Adobe Lightroom")))
+    assert kinds(capture) == [("xmp", "capture", None), ("xmp", "software", None)]
+
+
+def test_exif_software_camera_and_webui_user_comment(extractor):
+    novelai = extractor.extract(F.encode(F.picture(), "JPEG", exif=F.exif_bytes(software="NovelAI")))
+    assert kinds(novelai) == [("exif", "ai_generated", "novelai")]
+    camera = extractor.extract(F.camera_jpeg())
+    assert kinds(camera) == [("exif", "camera", None)]
+    assert camera["signals"][0]["detail"] == {"field": "Make/Model", "make": "Canon", "model": "Canon EOS 5D Mark IV",
+                                              "date_time_original": "2024:05:01 10:20:30"}
+    for fmt in ("JPEG", "WEBP"):  # WebUI writes its parameters into EXIF UserComment in JPEG and WebP
+        webui = extractor.extract(F.encode(F.picture(), fmt, exif=F.exif_bytes(user_comment=F.WEBUI_PARAMETERS)))
+        assert kinds(webui) == [("exif", "ai_generated", "stable_diffusion")], fmt
+        assert webui["signals"][0]["detail"]["model"] == "v1-5-pruned-emaonly"
+
+
+def test_png_text_webui_comfyui_novelai_invokeai(extractor):
+    webui = extractor.extract(F.png_with_text(("tEXt", "parameters", F.WEBUI_PARAMETERS)))
+    assert kinds(webui) == [("text", "ai_generated", "stable_diffusion")]
+    assert webui["signals"][0]["detail"]["tool"].startswith("Stable Diffusion WebUI")
+    comfy = extractor.extract(F.png_with_text(("tEXt", "prompt", F.COMFY_PROMPT), ("zTXt", "workflow", "{}")))
+    assert kinds(comfy) == [("text", "ai_generated", "flux"), ("text", "ai_generated", "comfyui")]
+    novelai = extractor.extract(F.png_with_text(("tEXt", "Software", "NovelAI"),
+                                                ("iTXt", "Comment", '{"steps": 28, "sampler": "k_euler"}')))
+    assert ("text", "ai_generated", "novelai") in kinds(novelai)
+    invoke = extractor.extract(F.png_with_text(("iTXt", "invokeai_metadata", '{"model": {"name": "sdxl"}}')))
+    assert kinds(invoke) == [("text", "ai_generated", "stable_diffusion")]
+    plain = extractor.extract(F.png_with_text(("tEXt", "Title", "holiday")))
+    assert plain["signals"] == [] and plain["notes"] == []
+
+
+def test_prompts_are_bounded_excerpts_unless_full_text_is_configured():
+    data = F.png_with_text(("tEXt", "prompt", F.COMFY_PROMPT))
+    short = Extractor(ProvenanceConfig(excerpt_chars=50)).extract(data)["signals"][0]["detail"]
+    assert len(short["excerpt"]) == 50 and short["truncated"] and short["length"] == len(F.COMFY_PROMPT)
+    full = Extractor(ProvenanceConfig(full_text=True)).extract(data)["signals"][0]["detail"]
+    assert full["excerpt"] == F.COMFY_PROMPT and not full["truncated"]
+
+
+def test_formats_without_a_reader_say_nothing_was_looked_for(extractor):
+    result = extractor.extract(F.encode(F.picture(), "BMP"))
+    assert result["looked_for"] == [] and result["signals"] == [] and result["notes"]
+
+
+# --- hostile metadata: each skipped with a note, within the limits ----------------------------------------
+
+def test_hostile_metadata_is_skipped_with_a_note(extractor):
+    xxe = F.jpeg_with_xmp(b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+                          b'<x:xmpmeta xmlns:x="adobe:ns:meta/">&e;</x:xmpmeta>')
+    cases = {
+        "entity bomb": (F.jpeg_with_xmp(F.ENTITY_BOMB), "XMP packet skipped: DTDForbidden"),
+        "external entity": (xxe, "XMP packet skipped: DTDForbidden"),
+        "50 MB XMP": (F.png_with_chunks([F.png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + b" " * (50 << 20))]),
+                      "iTXt chunk of 52428822 bytes skipped"),
+        "10,000 text chunks": (F.png_with_chunks([F.png_chunk(b"tEXt", b"k%d\0v" % i) for i in range(10_000)]),
+                               "text chunks past the first 64 skipped"),
+        "2 GiB zTXt": (F.png_with_chunks([F.zip_bomb_chunk(2048)]), "zTXt 'Comment' skipped: inflates past"),
+    }
+    for name, (data, note) in cases.items():
+        result = extractor.extract(data)
+        assert any(n.startswith(note) for n in result["notes"]), (name, result["notes"])
+        assert result["signals"] == [], name
+
+
+def test_limits_are_configurable_and_time_spent_skips_later_stages():
+    data = F.png_with_text(*[("zTXt", "parameters", F.WEBUI_PARAMETERS)] * 3)
+    few = Extractor(ProvenanceConfig(limits=MetadataLimits(max_text_chunks=1))).extract(data)
+    assert len(few["signals"]) == 1 and any("past the first 1" in n for n in few["notes"])
+    tiny = Extractor(ProvenanceConfig(limits=MetadataLimits(max_inflated_bytes=100))).extract(data)
+    assert tiny["signals"] == [] and len(tiny["notes"]) == 3
+    spent = Extractor(ProvenanceConfig(limits=MetadataLimits(max_seconds=0.0)))
+    result = spent.extract(F.png_with_text(("tEXt", "parameters", F.WEBUI_PARAMETERS)))
+    assert result["signals"] == [] and any("time limit" in n for n in result["notes"])
+
+
+def test_configuration_round_trip():
+    config = ProvenanceConfig(trust_anchors="PEM", full_text=True, limits=MetadataLimits(max_text_chunks=3))
+    assert ProvenanceConfig.from_json(config.to_json()) == config
+    assert ProvenanceConfig.from_json("") == ProvenanceConfig()
+    with pytest.raises(ValueError, match="unknown provenance"):
+        ProvenanceConfig.from_json('{"trust": 1}')
+
+
+# --- the generator mapping table -------------------------------------------------------------------------
+
+def test_generator_names_map_onto_served_possible_sources():
+    served_all = source_names(ALL)  # none, flux, stable_diffusion, gan, diffusion, other, dalle, midjourney
+    assert generators.identify("DALL·E 3") == "dalle" and generators.identify("ChatGPT") == "dalle"
+    assert generators.identify("Adobe Photoshop 25.0") is None
+    assert generators.to_source("dalle", served_all) == "dalle"
+    assert generators.to_source("firefly", served_all) == "diffusion"
+    assert generators.to_source("novelai", served_all) == "stable_diffusion"
+    two = source_names([specs.get("opensdi_flux"), specs.get("sumsub_sd")])  # none, flux, stable_diffusion
+    assert generators.to_source("dalle", two) is None and generators.to_source("comfyui", two) == "stable_diffusion"
+    assert generators.to_source("midjourney", ["none", "unknown"]) == "unknown"
+    for generator in generators.GENERATORS:  # every family named exists among some served names
+        assert set(generator.families) <= set(served_all), generator.name
+
+
+# --- fusion policy ------------------------------------------------------------------------------------------
+
+FLUX, SD = specs.get("opensdi_flux"), specs.get("sumsub_sd")
+PIXELS = {"opensdi_flux": {"flux": {"Real_Image": 0.8, "Flux.1_Generated": 0.2}},
+          "sumsub_sd": {"sd": {"real": 0.9, "stable_diffusion": 0.1}}}  # is_ai 0.15: not AI by the pixels
+
+
+def declaration(source="xmp", state=None, generator=None, kind="ai_generated"):
+    detail = {"state": state} if state else {}
+    return {"looked_for": ["c2pa", "xmp", "exif", "text"], "notes": [],
+            "c2pa": {"present": source == "c2pa", "state": state},
+            "signals": [{"source": source, "kind": kind, "generator": generator, "detail": detail}]}
+
+
+def test_trusted_manifest_decides_and_names_the_source():
+    for policy in ("evidence", "decide"):
+        answer = Fuser([FLUX, SD], FusionConfig(provenance=policy), {}).fuse(
+            PIXELS, declaration("c2pa", "trusted", "flux"))
+        assert answer["verdict"] == "ai_generated" and answer["decided_by"] == "c2pa"
+        assert answer["is_ai_generated"] == 1.0 and answer["source"] == "flux"
+        assert answer["possible_sources"] == {"none": 0.0, "flux": 1.0, "stable_diffusion": 0.0}
+        assert answer["provenance"]["pixel_is_ai_generated"] == pytest.approx(0.15)
+        assert answer["provenance"]["effect"] == "decided"
+
+
+def test_untrusted_declarations_follow_the_policy():
+    untrusted = declaration("c2pa", "untrusted", "stable_diffusion")
+    off = Fuser([FLUX, SD], FusionConfig(provenance="off"), {}).fuse(PIXELS, untrusted)
+    assert off["is_ai_generated"] == pytest.approx(0.15) and off["verdict"] == "not_ai_generated"
+    assert off["decided_by"] is None and off["provenance"]["declares_ai"] and off["provenance"]["effect"] == "none"
+    evidence = Fuser([FLUX, SD], FusionConfig(provenance="evidence", provenance_strength=0.5), {}).fuse(
+        PIXELS, untrusted)
+    assert evidence["is_ai_generated"] == pytest.approx(1 - 0.85 * 0.5) and evidence["decided_by"] is None
+    assert evidence["verdict"] == "ai_generated" and evidence["source"] == "stable_diffusion"
+    assert sum(evidence["sources_given_ai"].values()) == pytest.approx(1.0)
+    decide = Fuser([FLUX, SD], FusionConfig(provenance="decide"), {}).fuse(PIXELS, declaration("text"))
+    assert decide["decided_by"] == "metadata" and decide["is_ai_generated"] == 1.0
+    # an invalid manifest's declaration is never trusted
+    invalid = Fuser([FLUX, SD], FusionConfig(provenance="off"), {}).fuse(PIXELS, declaration("c2pa", "invalid"))
+    assert invalid["decided_by"] is None and invalid["is_ai_generated"] == pytest.approx(0.15)
+
+
+def test_missing_metadata_and_camera_claims_are_not_evidence():
+    fuser = Fuser([FLUX, SD], FusionConfig(), {})
+    bare = fuser.fuse(PIXELS)
+    nothing = fuser.fuse(PIXELS, {"looked_for": ["c2pa", "xmp", "exif", "text"], "signals": [], "notes": [],
+                                  "c2pa": {"present": False}})
+    camera = fuser.fuse(PIXELS, declaration("exif", kind="camera"))
+    for answer in (nothing, camera):
+        assert answer["is_ai_generated"] == bare["is_ai_generated"] and answer["decided_by"] is None
+    # a trusted capture claim is reported, and decides only when configured to
+    capture = declaration("c2pa", "trusted", kind="capture")
+    high = {"opensdi_flux": {"flux": {"Real_Image": 0.1, "Flux.1_Generated": 0.9}},
+            "sumsub_sd": {"sd": {"real": 0.1, "stable_diffusion": 0.9}}}
+    assert fuser.fuse(high, capture)["verdict"] == "ai_generated"
+    trusted = Fuser([FLUX, SD], FusionConfig(trust_capture=True), {}).fuse(high, capture)
+    assert trusted["verdict"] == "not_ai_generated" and trusted["decided_by"] == "c2pa" and trusted["source"] == "none"
+
+
+def test_policy_configuration_is_validated():
+    with pytest.raises(ValueError, match="provenance policy"):
+        FusionConfig(provenance="sometimes")
+    with pytest.raises(ValueError, match="provenance_strength"):
+        FusionConfig(provenance_strength=1.5)
+
+
+def test_extraction_of_a_plain_image_is_fast_enough_to_not_matter(extractor):
+    """A generous hang guard, not a benchmark (benchmarks/provenance.py measures)."""
+    data = F.encode(F.picture(size=(640, 480)), "JPEG", quality=90)
+    start = time.perf_counter()
+    for _ in range(20):
+        extractor.extract(data)
+    assert time.perf_counter() - start < 20
