@@ -216,15 +216,34 @@ def configurations(draw):
     if not any(weights.get(s.name, 1.0) > 0 for s in subset if s.head("binary")):
         weights[next(s.name for s in subset if s.head("binary"))] = 1.0
     config = FusionConfig(rule=draw(st.sampled_from(["weighted_mean", "max", "logit_mean"])), weights=weights,
-                          threshold=draw(unit), margin=draw(st.floats(min_value=0.0, max_value=0.5)))
-    return subset, config, random_probs(draw, subset)
+                          threshold=draw(unit), margin=draw(st.floats(min_value=0.0, max_value=0.5)),
+                          provenance=draw(st.sampled_from(["off", "evidence", "decide"])),
+                          provenance_strength=draw(unit), trust_capture=draw(st.booleans()))
+    return subset, config, random_probs(draw, subset), draw(provenance_blocks())
+
+
+GENERATOR_NAMES = [None, "flux", "dalle", "firefly", "novelai", "gan", "midjourney"]
+
+
+@st.composite
+def provenance_blocks(draw):
+    """None (no metadata read) or what genguard.provenance reports: any mix of signals."""
+    if draw(st.booleans()):
+        return None
+    signals = [{"source": draw(st.sampled_from(["c2pa", "xmp", "exif", "text"])),
+                "kind": draw(st.sampled_from(["ai_generated", "ai_composite", "capture", "camera", "software"])),
+                "generator": draw(st.sampled_from(GENERATOR_NAMES)),
+                "detail": {"state": draw(st.sampled_from(["trusted", "untrusted", "invalid"]))}}
+               for _ in range(draw(st.integers(0, 3)))]
+    return {"looked_for": ["c2pa", "xmp", "exif", "text"], "signals": signals, "notes": [], "c2pa": None}
 
 
 @settings(max_examples=400, deadline=None)
 @given(configurations())
 def test_every_configuration_gives_a_coherent_answer(case):
-    subset, config, p = case
-    answer = Fuser(subset, config, {}).fuse(p)
+    subset, config, p, provenance = case
+    answer = Fuser(subset, config, {}).fuse(p, provenance)
+    pixels = Fuser(subset, config, {}).fuse(p)
     sources, given_ai = answer["possible_sources"], answer["sources_given_ai"]
     assert sum(sources.values()) == pytest.approx(1.0, abs=1e-9)
     assert all(v >= -1e-12 for v in sources.values())
@@ -232,9 +251,30 @@ def test_every_configuration_gives_a_coherent_answer(case):
     assert sum(given_ai.values()) == pytest.approx(1.0, abs=1e-9)
     assert sources["none"] == pytest.approx(1 - answer["is_ai_generated"])
     assert 0.0 <= answer["is_ai_generated"] <= 1.0
+    # provenance: declarations of AI generation only raise is_ai; a decision is 1 (or 0 for a trusted
+    # capture claim with trust_capture) with its verdict; off, or no declaration, leaves the pixels' answer
+    signals = (provenance or {}).get("signals", [])
+    declared = [s for s in signals if s["kind"] in ("ai_generated", "ai_composite")]
+    trusted = [s for s in declared if s["source"] == "c2pa" and s["detail"]["state"] == "trusted"]
+    if provenance is None or config.provenance == "off":
+        assert answer["decided_by"] is None and answer["is_ai_generated"] == pixels["is_ai_generated"]
+    elif trusted:
+        assert answer["decided_by"] == "c2pa" and answer["is_ai_generated"] == 1.0
+    elif declared and config.provenance == "decide":
+        assert answer["decided_by"] == "metadata" and answer["is_ai_generated"] == 1.0
+    elif declared:
+        assert answer["decided_by"] is None
+        assert answer["is_ai_generated"] >= pixels["is_ai_generated"] - 1e-12
+    if answer["decided_by"]:
+        assert answer["verdict"] == ("not_ai_generated" if answer["is_ai_generated"] == 0.0 else "ai_generated")
+        assert answer["provenance"]["pixel_is_ai_generated"] == pixels["is_ai_generated"]
+    if answer["decided_by"] and answer["verdict"] == "ai_generated" and answer["provenance"]["source"] in sources:
+        assert answer["source"] == answer["provenance"]["source"]  # the declared generator is the source
     # the verdict and source rules, written out independently of genguard.verdicts
     p_ai, t, m = answer["is_ai_generated"], config.threshold, config.margin
     expected = "ai_generated" if p_ai >= t + m else "not_ai_generated" if p_ai < t - m else "uncertain"
+    if answer["decided_by"]:
+        expected = answer["verdict"]  # a decision sets the verdict (checked above), whatever the threshold
     assert answer["verdict"] == expected
     if expected == "not_ai_generated":
         assert answer["source"] == "none"
@@ -248,7 +288,7 @@ def test_every_configuration_gives_a_coherent_answer(case):
     for spec in subset:
         if config.weight(spec.name) == 0 and spec.head("binary"):
             bumped = {**p, spec.name: {h: {label: 1.0 / len(v) for label in v} for h, v in p[spec.name].items()}}
-            assert Fuser(subset, config, {}).fuse(bumped)["is_ai_generated"] == pytest.approx(p_ai, abs=1e-12)
+            assert Fuser(subset, config, {}).fuse(bumped, provenance)["is_ai_generated"] == pytest.approx(p_ai, abs=1e-12)
 
 
 def test_verdict_and_source_rules_hand_computed():
