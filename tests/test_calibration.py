@@ -331,3 +331,25 @@ def test_stacked_config_refusals_and_default_id():
     assert FusionConfig.from_json(config.to_json()) == config
     default = FusionConfig()
     assert default.fusion_id.startswith("sha256:") and default.fusion_id != FusionConfig(threshold=0.6).fusion_id
+
+
+def test_nsfw_metrics_from_labels():
+    from genguard.calibration.evaluate import nsfw_metrics
+
+    y = np.array([0, 1, 0, 1])
+    records = _records(y, {"sumsub_sd": np.array([0.2, 0.6, 0.7, 0.9])}, np.array([0.1, 0.4, 0.6, 0.8]))
+    labels = ["neutral", "high", "low", "nsfw"]  # medium and above (or "nsfw") count as NSFW
+    at_least = [0.1, 0.8, 0.6, 0.3]
+    levels = ["neutral", "high", "neutral", "low"]
+    for r, label, a, level in zip(records, labels, at_least, levels):
+        r["nsfw_label"] = label
+        r["nsfw"] = {"level": level, "at_least": {"low": a, "medium": a, "high": a}, "is_nsfw": a >= 0.5,
+                     "rule": "at_least[medium] >= 0.5"}
+    m = nsfw_metrics(records)
+    assert m["level"] == "medium" and m["threshold"] == 0.5
+    assert m["n"] == 4 and m["n_ai"] == 2                 # two NSFW images
+    assert m["confusion"] == [[1, 1], [1, 1]]             # 0.6 on a "low" image, 0.3 on an NSFW one
+    assert m["auc"] == pytest.approx(skm.roc_auc_score([0, 1, 0, 1], at_least))
+    assert m["level_accuracy"] == pytest.approx(2 / 3) and m["level_n"] == 3  # "nsfw" has no level
+    records[0]["nsfw"]["rule"] = "at_least[high] >= 0.7"  # the served rule decides level and threshold
+    assert nsfw_metrics(records)["confusion"] == [[2, 0], [1, 1]]
