@@ -36,7 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from genguard import specs
-from genguard.preprocess import DecodeLimits, ImageRejected, encoded_extent, to_rgb
+from genguard.preprocess import DecodeLimits, ImageRejected, encoded_extent, to_rgb, without_png_text
 
 # The DALI model's input: validated encoded images (UINT8 [-1], rows zero-padded).
 DALI_INPUT = "ENCODED"
@@ -325,7 +325,7 @@ def screen(data: bytes, limits: DecodeLimits = DecodeLimits(), verify: str = "he
     if size > limits.max_bytes:
         return _refuse("too_large", f"image is {size} bytes, over the limit of {limits.max_bytes} bytes")
     try:
-        data = encoded_extent(data)
+        data = without_png_text(encoded_extent(data))  # text chunks: read by genguard.provenance, not decoders
     except ImageRejected as exc:
         return _refuse(exc.reason, str(exc))
     try:

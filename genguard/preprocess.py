@@ -126,6 +126,33 @@ def encoded_extent(data: bytes) -> bytes:
     return data
 
 
+_PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+
+
+def without_png_text(data: bytes) -> bytes:
+    """A PNG without its text chunks (the pixels are the same); anything else unchanged.
+
+    Metadata is read from the raw bytes by genguard.provenance within its own limits. Pillow parses text
+    chunks when it opens a PNG and refuses the whole image when one inflates past its MAX_TEXT_CHUNK: a
+    hostile text chunk must not fail the image, so the decoder never sees them.
+    """
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return data
+    pos, keep, size, dropped = 8, [slice(0, 8)], len(data), False
+    while pos + 8 <= size:
+        end = pos + 12 + int.from_bytes(data[pos:pos + 4], "big")
+        if data[pos + 4:pos + 8] in _PNG_TEXT_CHUNKS:
+            dropped = True
+        else:
+            keep.append(slice(pos, end))
+        pos = end
+    if not dropped:
+        return data
+    if pos < size:
+        keep.append(slice(pos, size))
+    return b"".join(data[s] for s in keep)
+
+
 def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
     """Open and fully decode the first frame of an encoded image, or raise ImageRejected.
 
@@ -137,7 +164,7 @@ def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
         raise ImageRejected("empty", "empty input: no image bytes were sent")
     if size > limits.max_bytes:
         raise ImageRejected("too_large", f"image is {size} bytes, over the limit of {limits.max_bytes} bytes")
-    data = encoded_extent(data)
+    data = without_png_text(encoded_extent(data))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
