@@ -94,13 +94,24 @@ def start_server(build: Path, workdir: Path, **render_args) -> RunningServer:
 
 
 @pytest.fixture(scope="session")
-def triton(tiny_build, tmp_path_factory) -> RunningServer:
+def c2pa_cas():
+    """(trusted, untrusted) test certificate authorities made for this run: the session server trusts the
+    first one's manifests (tests/test_provenance_server.py signs with both)."""
+    from provenance_fixtures import make_ca
+
+    return make_ca("GenGuard Test"), make_ca("Somewhere Else")
+
+
+@pytest.fixture(scope="session")
+def triton(tiny_build, tmp_path_factory, c2pa_cas) -> RunningServer:
     """One real tritonserver for the whole test run, serving the tiny build's cpu repository."""
     from genguard import server
 
     from genguard.preprocess import DecodeLimits
+    from genguard.provenance import ProvenanceConfig
 
     # A small byte limit keeps the "oversized image" tests' traffic small; the mechanism is the same.
-    running = start_server(tiny_build, tmp_path_factory.mktemp("triton"), limits=DecodeLimits(max_bytes=TEST_MAX_BYTES))
+    running = start_server(tiny_build, tmp_path_factory.mktemp("triton"), limits=DecodeLimits(max_bytes=TEST_MAX_BYTES),
+                           provenance=ProvenanceConfig(trust_anchors=c2pa_cas[0].pem))
     yield running
     server.stop_pid(running.process.pid)
