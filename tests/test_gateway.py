@@ -542,3 +542,19 @@ def test_cli_rest_gateway_unreachable_exits_3(tmp_path):
     out = genguard_cli("detect", "--url", f"http://127.0.0.1:{closed}", "--retries", "1", str(ROOT / "README.md"))
     assert out.returncode == 3, out.stderr
     assert "cannot reach the GenGuard gateway" in out.stderr
+
+
+def test_gateway_benchmark_runs_side_by_side(triton, tmp_path):
+    """`python -m genguard.benchmarks.gateway` end to end, minimal: every mode at the level, the files, the
+    CPU accounting of its own gateway and of the tritonserver tree (no timing asserted)."""
+    from genguard.benchmarks import gateway as bench
+
+    assert bench.main(["--grpc-url", triton.grpc_url, "--images", "2", "--concurrency", "1", "--rounds", "1",
+                       "--out", str(tmp_path), "--tag", "smoke"]) == 0
+    saved = json.loads((tmp_path / "gateway-smoke.json").read_text())
+    assert {(r["concurrency"], r["mode"]) for r in saved["rows"]} == {(1, m) for m in bench.MODES}
+    assert all(r["images"] == 2 and r["images_per_s"] > 0 for r in saved["rows"])
+    cpu = {r["mode"]: r for r in saved["cpu"]}
+    assert set(cpu) == set(bench.MODES) and all(r["triton_cpu_ms_per_image"] > 0 for r in cpu.values())
+    assert cpu["gateway_hive_json"]["gateway_cpu_ms_per_image"] > 0
+    assert "| concurrency | mode |" in (tmp_path / "gateway-smoke.md").read_text()
