@@ -213,7 +213,7 @@ def render_markdown(analysis: dict, *, title: str, source: str, server: str, plo
     if random:
         lines += ["", f"**RANDOM WEIGHTS** ({', '.join(random)}): the server runs random-weight detectors, so these "
                       "figures show the evaluation machinery, not detector quality."]
-    lines += [f"- {n}" for n in notes]
+    lines += [""] + [f"- {n}" for n in notes] if notes else []
     lines += ["", "Scorers: `fused` is the served answer (`is_ai_generated`, called AI-generated at the served "
                   "threshold); each detector is its own P(AI-generated) (binary head, or 1 − P(real) of a source "
                   f"head), called at {DETECTOR_THRESHOLD}. TPR @ x % FPR: the best true-positive rate of any "
