@@ -173,6 +173,7 @@ def export_detector(
                 "weights": weights,
                 "checkpoint": str(source),
                 "checkpoint_identity": checkpoint_identity(source),
+                "revision": getattr(module, "revision", None),  # hub commit loaded; None for local paths
                 "heads": {h.name: list(h.labels) for h in spec.heads},
                 "input": spec.input.name,
             },
@@ -184,6 +185,7 @@ def export_detector(
             "weights": weights,
             "checkpoint": str(source),
             "checkpoint_identity": checkpoint_identity(source),
+            "revision": getattr(module, "revision", None),
             "onnx": str(onnx_path),
             "onnx_sha256": sha256(partial),
             "opset": OPSET,
