@@ -19,6 +19,8 @@ ORT_OPT ?= all
 ORT_THREADS ?= 0
 # fusion configuration (JSON of FusionConfig fields, e.g. from `genguard calibrate`) for serve/repository
 FUSION ?=
+# C2PA trust anchors (a PEM bundle) for serve/repository: a valid manifest from a signer they anchor decides
+TRUST_ANCHORS ?=
 
 EXPORT_ARGS = --weights $(WEIGHTS) --build $(BUILD) $(if $(DETECTORS),--detectors $(DETECTORS)) \
 	$(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(foreach r,$(REVISIONS),--revision $(r)) $(foreach l,$(LABELS),--labels $(l))
@@ -60,14 +62,16 @@ quantize: setup
 
 # Render the Triton model repository for TARGET from build/onnx (prints where).
 repository: setup
-	$(BIN)/python -m genguard.export.repository --target $(TARGET) --build $(BUILD) $(if $(FUSION),--fusion $(FUSION))
+	$(BIN)/python -m genguard.export.repository --target $(TARGET) --build $(BUILD) $(if $(FUSION),--fusion $(FUSION)) \
+		$(if $(TRUST_ANCHORS),--trust-anchors $(TRUST_ANCHORS))
 
 # Export what the build lacks or holds differently from WEIGHTS/CHECKPOINTS/LABELS/DETECTORS, render the cpu
 # repository of DETECTORS (default: all that apply), start tritonserver on 127.0.0.1:8000/8001/8002, wait ready.
 serve: setup
 	$(BIN)/python -m genguard.server serve --weights $(WEIGHTS) --build $(BUILD) $(foreach c,$(CHECKPOINTS),--checkpoint $(c)) \
 		$(foreach r,$(REVISIONS),--revision $(r)) $(foreach l,$(LABELS),--labels $(l)) $(if $(DETECTORS),--detectors $(DETECTORS)) \
-		--ort-optimization $(ORT_OPT) --ort-threads $(ORT_THREADS) $(if $(INT8),--int8) $(if $(FUSION),--fusion $(FUSION))
+		--ort-optimization $(ORT_OPT) --ort-threads $(ORT_THREADS) $(if $(INT8),--int8) $(if $(FUSION),--fusion $(FUSION)) \
+		$(if $(TRUST_ANCHORS),--trust-anchors $(TRUST_ANCHORS))
 
 stop:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m genguard.server stop --build $(BUILD); fi

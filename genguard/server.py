@@ -200,7 +200,16 @@ def serve(args) -> int:
             except (OSError, ValueError, TypeError) as exc:
                 print(f"fusion configuration {args.fusion}: {exc}", file=sys.stderr)
                 return 1
-        repository = render("cpu", build, cpu=cpu, detectors=wanted, **({"fusion": fusion} if fusion else {}))
+        extra = {"fusion": fusion} if fusion else {}
+        if getattr(args, "trust_anchors", None):
+            from genguard.provenance import ProvenanceConfig
+
+            try:  # a PEM bundle of C2PA trust anchors
+                extra["provenance"] = ProvenanceConfig(trust_anchors=Path(args.trust_anchors).read_text())
+            except OSError as exc:
+                print(f"trust anchors {args.trust_anchors}: {exc}", file=sys.stderr)
+                return 1
+        repository = render("cpu", build, cpu=cpu, detectors=wanted, **extra)
     except RepositoryError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -362,6 +371,8 @@ def main(argv=None) -> int:
     serve_p.add_argument("--int8", action="store_true", help="serve the INT8 models (speed option)")
     serve_p.add_argument("--fusion", default=None, metavar="FILE",
                          help="JSON of FusionConfig fields (e.g. written by `genguard calibrate`)")
+    serve_p.add_argument("--trust-anchors", default=None, metavar="PEM",
+                         help="C2PA trust anchors (PEM bundle); without: valid manifests are 'untrusted'")
     serve_p.add_argument("--ort-optimization", default="all", choices=("disable", "basic", "extended", "all"))
     serve_p.add_argument("--ort-threads", type=int, default=0, help="intra-op threads per detector (0: ORT default)")
     args = parser.parse_args(argv)

@@ -259,3 +259,14 @@ def test_extraction_of_a_plain_image_is_fast_enough_to_not_matter(extractor):
     for _ in range(20):
         extractor.extract(data)
     assert time.perf_counter() - start < 20
+
+
+def test_trust_anchors_and_limits_are_rendered_into_preprocess_and_validate():
+    from genguard.export.repository import preprocess_config, validate_config
+    from genguard.preprocess import DecodeLimits
+
+    config = ProvenanceConfig(trust_anchors="-----BEGIN CERTIFICATE-----", limits=MetadataLimits(max_text_chunks=7))
+    inputs = specs.distinct_inputs([FLUX])
+    for rendered in (preprocess_config(inputs, 4, DecodeLimits(), provenance=config),
+                     validate_config(4, DecodeLimits(), provenance=config)):
+        assert ProvenanceConfig.from_json(rendered.parameters["provenance"].string_value) == config
