@@ -270,3 +270,64 @@ def test_trust_anchors_and_limits_are_rendered_into_preprocess_and_validate():
     for rendered in (preprocess_config(inputs, 4, DecodeLimits(), provenance=config),
                      validate_config(4, DecodeLimits(), provenance=config)):
         assert ProvenanceConfig.from_json(rendered.parameters["provenance"].string_value) == config
+
+
+def _fake_pb_utils():
+    """triton_python_backend_utils' surface the entry steps use (no Triton needed)."""
+    import types
+
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, array
+
+        def as_numpy(self):
+            return self.array
+
+    class MetricFamily:
+        COUNTER, GAUGE, HISTOGRAM = "COUNTER", "GAUGE", "HISTOGRAM"
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def Metric(self, labels=None, buckets=None):
+            return types.SimpleNamespace(increment=lambda n: None, set=lambda v: None, observe=lambda v: None)
+
+    module = types.ModuleType("triton_python_backend_utils")
+    module.Tensor = Tensor
+    module.InferenceResponse = lambda output_tensors, error=None: {t.name: t.array for t in output_tensors}
+    module.get_input_tensor_by_name = lambda request, name: Tensor(name, request[name])
+    module.MetricFamily = MetricFamily
+    return module
+
+
+def test_cpu_preprocess_and_gpu_validate_report_the_same_provenance(monkeypatch, cas):
+    """One implementation: the cpu target's preprocess and the GPU targets' validate step, as Triton calls
+    them, put the same provenance into IMAGE_INFO for the same bytes (and none for a refused image)."""
+    import importlib
+    import json
+    import sys
+
+    from genguard import protocol
+    from genguard.export.repository import preprocess_config, validate_config
+    from genguard.preprocess import DecodeLimits
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils())
+    config = ProvenanceConfig(trust_anchors=cas[0].pem)
+    images = [F.sign(F.encode(F.picture(seed=1), "JPEG"), "image/jpeg", cas[0].signer()),
+              b"not an image", F.png_with_text(("tEXt", "parameters", F.WEBUI_PARAMETERS))]
+    rendered = {"preprocess": preprocess_config(specs.distinct_inputs([FLUX]), 4, DecodeLimits(), provenance=config),
+                "validate": validate_config(4, DecodeLimits(), provenance=config)}
+    reported = {}
+    for name, model_config in rendered.items():
+        module = importlib.import_module(f"genguard.triton_models.{name}")
+        model = module.TritonPythonModel()
+        params = {k: {"string_value": v.string_value} for k, v in model_config.parameters.items()}
+        model.initialize({"model_config": json.dumps({"parameters": params}), "model_name": name})
+        (response,) = model.execute([{protocol.INPUT: protocol.pack_images(images)}])
+        model.finalize()
+        reported[name] = [json.loads(row[0]) for row in response[protocol.IMAGE_INFO]]
+    for infos in reported.values():
+        assert [i["ok"] for i in infos] == [True, False, True] and "provenance" not in infos[1]
+        assert infos[0]["provenance"]["c2pa"]["state"] == "trusted"
+        assert kinds(infos[2]["provenance"]) == [("text", "ai_generated", "stable_diffusion")]
+    assert [i.get("provenance") for i in reported["preprocess"]] == [i.get("provenance") for i in reported["validate"]]
