@@ -331,3 +331,17 @@ def test_cpu_preprocess_and_gpu_validate_report_the_same_provenance(monkeypatch,
         assert infos[0]["provenance"]["c2pa"]["state"] == "trusted"
         assert kinds(infos[2]["provenance"]) == [("text", "ai_generated", "stable_diffusion")]
     assert [i.get("provenance") for i in reported["preprocess"]] == [i.get("provenance") for i in reported["validate"]]
+
+
+def test_benchmark_measures_both_sets_and_writes_its_report(tmp_path):
+    import json
+
+    from genguard.benchmarks import provenance as bench
+
+    assert bench.ensemble_ms_from_results() > 0  # the committed full-size run it compares against
+    assert bench.main(["--repeats", "1", "--ensemble-ms", "1000", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "provenance.json").read_text())
+    assert result["sets"]["no C2PA"]["c2pa_states"] == ["absent"]
+    assert result["sets"]["C2PA"]["c2pa_states"] == ["trusted"]
+    assert all(row["calls"] == 16 and row["p99_ms"] >= row["median_ms"] > 0 for row in result["sets"].values())
+    assert "| no C2PA | 16 |" in (tmp_path / "provenance.md").read_text()
