@@ -17,7 +17,7 @@ from pathlib import Path
 from genguard import specs
 from genguard.export.checkpoints import RANDOM_WARNING, CheckpointMismatch, write_random_checkpoint
 from genguard.export.onnx_export import export_detector
-from genguard.export.weights import is_hub_id
+from genguard.export.weights import cached_commit, is_hub_id, split_revision
 
 
 class UsageError(ValueError):
@@ -89,6 +89,7 @@ def stale_exports(argv: list[str]) -> tuple[list[str], list[str]]:
     args = parse_args(argv)
     checkpoints = _pairs(args.checkpoint, "checkpoint")
     relabelled = {name for name in _pairs(args.labels, "labels")}
+    revisions = _pairs(args.revision, "revision")
     wanted = selected_specs(args)
     stale = []
     for spec in wanted:
@@ -104,6 +105,9 @@ def stale_exports(argv: list[str]) -> tuple[list[str], list[str]]:
                 "checkpoint_identity", parity.get("checkpoint")) != (
                 checkpoint_identity(checkpoints[spec.name])):
             stale.append(spec.name)
+        elif args.weights == "real" and spec.name in revisions and exported.revision != cached_commit(
+                *split_revision(f"{str(checkpoints.get(spec.name, spec.source)).split('@')[0]}@{revisions[spec.name]}")):
+            stale.append(spec.name)  # a pinned revision other than the one exported
         elif spec.name in relabelled and [h.labels for h in exported.spec.heads] != [h.labels for h in spec.heads]:
             stale.append(spec.name)
     return [s.name for s in wanted], stale

@@ -131,6 +131,18 @@ def _unavailable(spec: DetectorSpec, repo_id: str, revision: str, cache: Path, w
     )
 
 
+def cached_commit(repo_id: str, revision: str = DEFAULT_REVISION, cache: str | None = None) -> str | None:
+    """The commit `revision` names in the local cache (no network): itself if a commit hash, else what
+    refs/<revision> holds; None when the cache doesn't know it."""
+    if COMMIT.fullmatch(revision):
+        return revision
+    try:
+        ref = cache_dir(cache) / ("models--" + repo_id.replace("/", "--")) / "refs" / _safe_relpath(revision)
+        return ref.read_text().strip() if ref.is_file() else None
+    except WeightsError:
+        return None
+
+
 def _missing(folder: Path, groups: list[tuple[str, ...]]) -> list[str]:
     return [" or ".join(g) for g in groups if not any((folder / f).is_file() for f in g)]
 
@@ -329,7 +341,7 @@ def install_file(root: Path, repo_id: str, commit: str, filename: str, source: P
     blob_path.parent.mkdir(parents=True, exist_ok=True)
     if not (blob_path.is_file() and sha256_file(blob_path) == sha256):
         tmp = blob_path.with_name(blob_path.name + ".incomplete")
-        shutil.copyfile(source, tmp)
+        shutil.move(source, tmp)  # a rename: the staging folder is inside the cache
         os.replace(tmp, blob_path)
     link = repo / "snapshots" / commit / _safe_relpath(filename)
     link.parent.mkdir(parents=True, exist_ok=True)

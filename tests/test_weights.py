@@ -307,6 +307,7 @@ def test_offline_default_export_serves_real_weights_and_names_the_revision(tiny_
     build = tmp_path / "build"
     ports = free_ports(3)
     serve = [sys.executable, "-m", "genguard.server", "serve", "--build", str(build), "--timeout", "240",
+             "--gateway-port", "0",  # Triton alone (the REST gateway's fixed port may be taken here)
              "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
     for name, path in local.items():
         serve += ["--checkpoint", f"{name}={path}"]
@@ -336,5 +337,13 @@ def test_offline_default_export_serves_real_weights_and_names_the_revision(tiny_
             line = next(l for l in out.out.splitlines() if l.split()[0] == spec.name)
             assert line.split()[1:] == ["ready", "real", "weights,", "revision", commit_of(spec.source)]
         assert "random weights" not in out.err
+
+        # make serve re-exports a detector whose pinned revision differs from the one exported
+        from genguard.export.__main__ import stale_exports
+
+        argv = ["--build", str(build)] + [a for name, path in local.items() for a in ("--checkpoint", f"{name}={path}")]
+        assert stale_exports(argv)[1] == []
+        assert stale_exports(argv + ["--revision", f"sumsub_sd={commit_of(specs.get('sumsub_sd').source)}"])[1] == []
+        assert stale_exports(argv + ["--revision", f"sumsub_sd={'e' * 40}"])[1] == ["sumsub_sd"]
     finally:
         server.main(["stop", "--build", str(build)])
