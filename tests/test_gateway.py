@@ -391,6 +391,7 @@ def test_oversized_body_is_413_before_it_is_read(tight):
     status, raw = _read_status(sock)
     sock.close()
     assert status == 413 and b"body_too_large" in raw
+    assert tight.metric(f'genguard_gateway_requests_total{{code="413",route="{HIVE}"}}') >= 1
 
     # Chunked (no length): counted while it streams; 64 MiB offered to a 1 MiB limit.
     before = tight.rss_kib()

@@ -64,7 +64,8 @@ def create_app(settings: Settings | None = None, keys: list[str] | None = None) 
     for module in (hive, detect, models, health):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every answer, 413s included
+    paths = frozenset(r.path for m in (hive, detect, models, health) for r in m.router.routes if "{" not in r.path)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, paths=paths)  # outermost: sees every answer, 413s included
     return app
 
 

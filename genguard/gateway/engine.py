@@ -50,7 +50,7 @@ class Engine:
                            f"no answer within the gateway's deadline of {self.settings.deadline_s:g} s: the server "
                            "is overloaded; retry later or send fewer images per request") from None
         except ServerUnavailable as exc:
-            raise self._unavailable("cannot be reached") from exc
+            raise self._unavailable("cannot be reached or is refusing work (overloaded)") from exc
         except ModelNotReady as exc:
             raise ApiError(503, "model_not_ready", "GenGuard's models are still loading: retry after "
                            f"{self.settings.retry_after_s} s", retry_after) from exc

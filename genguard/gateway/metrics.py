@@ -47,8 +47,9 @@ class Metrics:
 class MetricsMiddleware:
     """Counts every request by its route template (not its raw path: bounded label values)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics):
+    def __init__(self, app: ASGIApp, metrics: Metrics, paths: frozenset[str] = frozenset()):
         self.app, self.metrics = app, metrics
+        self.paths = paths  # routes without path parameters: a request refused before routing keeps its path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,7 +75,9 @@ class MetricsMiddleware:
         try:
             await self.app(scope, counted, watched)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = getattr(scope.get("route"), "path", None)
+            if route is None:
+                route = scope.get("path") if scope.get("path") in self.paths else "unmatched"
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
             if received:
