@@ -13,9 +13,13 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from genguard.specs import InputSpec
+
+# HEIC/HEIF (iPhones) through pillow-heif's Pillow plugin; AVIF is Pillow's own.
+pillow_heif.register_heif_opener()
 
 log = logging.getLogger("genguard.preprocess")
 
@@ -40,7 +44,7 @@ class DecodeLimits:
 
     max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 50_000_000  # Pillow's own bomb limit is ~89 Mpx (warn) / 178 Mpx (error)
-    formats: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+    formats: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF", "HEIF", "AVIF")
 
 
 @dataclass
@@ -99,6 +103,28 @@ def _declared_extent(data: bytes, content: bytes, size: int, name: str) -> bytes
     return data[:size].ljust(size, b"\0")
 
 
+def _isobmff_end(data: bytes) -> int | None:
+    """HEIF/AVIF (ISO base media file format): offset just past the last top-level box, walking the box
+    sizes until the zero padding; None if a box extends past the data (truncated) or is malformed. Padding
+    can't stand in for missing bytes: a box must end within the non-zero content (+ the usual slack)."""
+    pos, size = 0, len(data)
+    content = len(data.rstrip(b"\0")) + _TRAILING_ZEROS_SLACK
+    while pos + 8 <= size:
+        box, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if box == 0 and kind == b"\0\0\0\0":  # the request's zero padding
+            break
+        if box == 0:  # "extends to the end of the file"
+            return size
+        if box == 1:  # 64-bit size
+            if pos + 16 > size:
+                return None
+            box = int.from_bytes(data[pos + 8:pos + 16], "big")
+        if box < 8 or pos + box > min(size, content):
+            return None
+        pos += box
+    return pos
+
+
 def encoded_extent(data: bytes) -> bytes:
     """The image's own bytes without the zero padding of a batched request; raises for truncation.
 
@@ -120,6 +146,11 @@ def encoded_extent(data: bytes) -> bytes:
         return data[: end + 8]
     if content[:4] == b"RIFF" and content[8:12] == b"WEBP":
         return _declared_extent(data, content, 8 + int.from_bytes(data[4:8], "little"), "WebP")
+    if content[4:8] == b"ftyp":  # HEIF, AVIF
+        end = _isobmff_end(data)
+        if end is None:
+            raise ImageRejected("truncated", "HEIF/AVIF is truncated: a box extends past the data")
+        return data[:end]
     if content[:2] == b"BM" and len(data) >= 6:
         size = int.from_bytes(data[2:6], "little")  # some writers leave it 0
         return _declared_extent(data, content, size, "BMP") if size else content
