@@ -33,7 +33,8 @@ class ManifestReader:
 
         context = getattr(self._local, "context", None)
         if context is None:
-            settings = {"verify": {"verify_trust": True}}
+            # offline: never fetch a remote manifest or OCSP (c2pa-rs fetches remote manifests by default)
+            settings = {"verify": {"verify_trust": True, "remote_manifest_fetch": False, "ocsp_fetch": False}}
             if self.trust_anchors.strip():
                 settings["trust"] = {"trust_anchors": self.trust_anchors}
             context = self._local.context = c2pa.Context.from_dict(settings)
