@@ -76,6 +76,8 @@ class Result:
     revisions: dict[str, str | None] = field(default_factory=dict)  # detector -> hub commit (None: local/random)
     fusion: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    decided_by: str | None = None  # "c2pa" | "metadata" when provenance decided the verdict (README "Provenance")
+    provenance: dict[str, Any] | None = None  # signals read from the image's metadata, and their effect
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the server's document, as sent
 
     @property
@@ -95,7 +97,7 @@ class Result:
     def with_threshold(self, threshold: float) -> "Result":
         """This answer under a client-side threshold (no uncertain band): the verdict and everything that
         depends on it (source, the fusion block's threshold) recomputed with the server's rules."""
-        if not self.ok or self.is_ai_generated is None:
+        if not self.ok or self.is_ai_generated is None or self.decided_by:  # a decision has no threshold
             return self
         verdict = self.verdict_at(threshold)
         source = source_for(verdict, self.sources_given_ai)
@@ -138,6 +140,8 @@ class Result:
             revisions=doc.get("revisions") or {},
             fusion=doc.get("fusion") or {},
             warnings=list(doc.get("warnings") or []),
+            decided_by=doc.get("decided_by"),
+            provenance=doc.get("provenance"),
             raw=doc,
         )
 

@@ -345,3 +345,20 @@ def test_benchmark_measures_both_sets_and_writes_its_report(tmp_path):
     assert result["sets"]["C2PA"]["c2pa_states"] == ["trusted"]
     assert all(row["calls"] == 16 and row["p99_ms"] >= row["median_ms"] > 0 for row in result["sets"].values())
     assert "| no C2PA | 16 |" in (tmp_path / "provenance.md").read_text()
+
+
+def test_client_result_carries_provenance_and_keeps_a_decision_under_any_threshold():
+    from genguard.client import Result
+
+    doc = Fuser([FLUX, SD], FusionConfig(trust_capture=True), {}).answer(
+        0, {"ok": True, "width": 1, "height": 1, "format": "JPEG",
+            "provenance": declaration("c2pa", "trusted", kind="capture")},
+        {("opensdi_flux", "flux"): [0.0, 3.0], ("sumsub_sd", "sd"): [0.0, 3.0]})
+    result = Result.from_json(doc, 0, "x.jpg")
+    assert result.decided_by == "c2pa" and result.provenance["effect"] == "decided"
+    assert result.verdict == "not_ai_generated" and result.with_threshold(0.0).verdict == "not_ai_generated"
+    undecided = Result.from_json(Fuser([FLUX, SD], FusionConfig(), {}).answer(
+        0, {"ok": True, "provenance": declaration("exif", kind="camera")},
+        {("opensdi_flux", "flux"): [0.0, 3.0], ("sumsub_sd", "sd"): [0.0, 3.0]}), 0, "y.jpg")
+    assert undecided.decided_by is None and undecided.provenance["signals"][0]["kind"] == "camera"
+    assert undecided.with_threshold(0.999).verdict == "not_ai_generated"  # the threshold still applies
