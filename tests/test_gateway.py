@@ -90,7 +90,7 @@ class Gateway:
         raise AssertionError("no VmRSS")
 
     def metric(self, name: str) -> float:
-        for line in requests.get(self.url + "/metrics", timeout=10).text.splitlines():
+        for line in requests.get(self.url + "/metrics", headers=auth(), timeout=10).text.splitlines():
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
@@ -467,7 +467,8 @@ def test_metrics(gateway):
     before = gateway.metric('genguard_gateway_image_failures_total{reason="truncated"}')
     requests.post(gateway.url + HIVE, headers=auth(), timeout=60,
                   json={"input": [data_url(png(13)), data_url(cases["truncated"][0])]})
-    text = requests.get(gateway.url + "/metrics", timeout=10).text
+    assert_error(requests.get(gateway.url + "/metrics", timeout=10), 401, "missing_api_key")  # keys on: key needed
+    text = requests.get(gateway.url + "/metrics", headers=auth(), timeout=10).text
     assert f'genguard_gateway_requests_total{{code="200",route="{HIVE}"}}' in text
     assert f'genguard_gateway_request_duration_seconds_bucket{{le="+Inf",route="{HIVE}"}}' in text
     assert gateway.metric('genguard_gateway_image_failures_total{reason="truncated"}') == before + 1
@@ -559,3 +560,20 @@ def test_gateway_benchmark_runs_side_by_side(triton, tmp_path):
     assert set(cpu) == set(bench.MODES) and all(r["triton_cpu_ms_per_image"] > 0 for r in cpu.values())
     assert cpu["gateway_hive_json"]["gateway_cpu_ms_per_image"] > 0
     assert "| concurrency | mode |" in (tmp_path / "gateway-smoke.md").read_text()
+
+
+def test_settings_from_environment():
+    from genguard.gateway.settings import Settings, SettingsError
+
+    env = {"GENGUARD_GATEWAY_MAX_QUEUE": "3", "GENGUARD_GATEWAY_PUBLIC_METRICS": "true",
+           "GENGUARD_GATEWAY_DEADLINE_S": "2.5", "GENGUARD_GATEWAY_API_KEYS_FILE": "/run/keys"}
+    settings = Settings.from_env(env, max_queue=None, port=9090)
+    assert (settings.max_queue, settings.public_metrics, settings.deadline_s, settings.api_keys_file,
+            settings.port) == (3, True, 2.5, "/run/keys", 9090)
+    assert Settings.from_env({"GENGUARD_GATEWAY_PUBLIC_METRICS": "false"}).public_metrics is False
+    for bad in ({"GENGUARD_GATEWAY_PUBLIC_METRICS": "maybe"}, {"GENGUARD_GATEWAY_MAX_IMAGES": "many"},
+                {"GENGUARD_GATEWAY_MAX_IMAGES": "0"}):
+        with pytest.raises(SettingsError):
+            Settings.from_env(bad)
+    assert Settings(host="::1").loopback and Settings(host="localhost").loopback
+    assert not Settings(host="0.0.0.0").loopback

@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-after-s", type=int, default=None, help=f"Retry-After on 429/503 (default {d.retry_after_s})")
     parser.add_argument("--triton-retries", type=int, default=None,
                         help=f"reconnect attempts before 503 (default {d.triton_retries})")
+    parser.add_argument("--public-metrics", action="store_true", default=None,
+                        help="serve /metrics without an API key (default: the key is required when keys are on)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from .app import create_app
 
     names = ("triton_url", "host", "port", "api_keys_file", "max_body_bytes", "max_images", "deadline_s",
-             "max_concurrency", "max_queue", "retry_after_s", "triton_retries")
+             "max_concurrency", "max_queue", "retry_after_s", "triton_retries", "public_metrics")
     try:
         settings = Settings.from_env(**{n: getattr(args, n) for n in names})
         app = create_app(settings)

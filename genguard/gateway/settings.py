@@ -30,6 +30,7 @@ class Settings:
     retry_after_s: int = 1                # Retry-After on 429 and 503
     triton_retries: int = 1               # reconnect attempts before answering 503
     triton_backoff_s: float = 0.25
+    public_metrics: bool = False          # GET /metrics without a key (when keys are on)
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1 or self.max_images < 1 or self.max_concurrency < 1 or self.max_queue < 0:
@@ -51,11 +52,19 @@ class Settings:
             if raw not in (None, ""):
                 kind = type(getattr(cls, f.name)) if getattr(cls, f.name) is not None else str
                 try:
-                    values[f.name] = kind(raw)
+                    values[f.name] = _flag(raw) if kind is bool else kind(raw)
                 except ValueError as exc:
                     raise SettingsError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {exc}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _flag(raw: str) -> bool:
+    if raw.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
 
 
 def is_loopback(host: str) -> bool:

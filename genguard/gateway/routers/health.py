@@ -32,4 +32,8 @@ async def ready(request: Request):
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
+    """Prometheus text; needs the API key like the API unless the gateway runs with --public-metrics."""
+    state = request.app.state.gateway
+    if not state.settings.public_metrics:
+        state.keys.check(request.headers.get("authorization"))
     return Response(generate_latest(request.app.state.gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
