@@ -353,3 +353,22 @@ def test_nsfw_metrics_from_labels():
     assert m["level_accuracy"] == pytest.approx(2 / 3) and m["level_n"] == 3  # "nsfw" has no level
     records[0]["nsfw"]["rule"] = "at_least[high] >= 0.7"  # the served rule decides level and threshold
     assert nsfw_metrics(records)["confusion"] == [[2, 0], [1, 1]]
+
+
+def test_calibrate_keeps_the_served_fields_it_does_not_fit():
+    from genguard.fusion import FusionConfig
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 60)
+    sd = 1 / (1 + np.exp(-(2 * (2 * y - 1) + rng.normal(0, 1, 60))))
+    records = _records(y, {"opensdi_flux": rng.random(60), "sumsub_sd": sd}, (sd + 0.5) / 2)
+    served = json.loads(FusionConfig(rule="max", weights={"sumsub_sd": 2.0}, nsfw_level="high", threshold=0.7,
+                                     id="old").to_json())
+    result = cal.calibrate(records, bootstrap=50, served_config=served)
+    config = result["config"]
+    text = cal.render_markdown(result, source="set.csv", server="here", out="fusion.json")
+    assert "`nsfw_level`" in text and config["id"] in text and "| sumsub_sd |" in text
+    assert config["weights"] == {"sumsub_sd": 2.0} and config["nsfw_level"] == "high"
+    assert config["rule"] == "stacked" and config["id"] != "old" and config["threshold"] != 0.7
+    assert "nsfw_level" in config["training"]["kept_from_served"]
+    assert FusionConfig.from_json(json.dumps(config)).weight("sumsub_sd") == 2.0  # loads as written

@@ -88,6 +88,8 @@ def test_calibrate_weights_the_informative_detector_and_beats_the_default(labell
     assert max(weights, key=weights.get) == INFORMATIVE and weights[INFORMATIVE] > 0
     assert training["auc_after_cv"] > training["auc_before_served"]
     assert training["n"] == N and training["n_ai"] == N // 2
+    # what calibrate doesn't fit is the served configuration's (read from the server's postprocess config)
+    assert {"weights", "nsfw_level", "nsfw_threshold"} <= set(training["kept_from_served"])
     # the served default's AUC is the one the records give
     y = np.array([r["label"] for r in load_records_with_labels(records, labels)])
     served = np.array([r["is_ai_generated"] for r in records])

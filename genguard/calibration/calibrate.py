@@ -119,9 +119,18 @@ def training_matrix(records: list[dict]) -> tuple[np.ndarray, np.ndarray, list[s
     return X, np.array([r["label"] for r in rows], dtype=np.int64), names, rows
 
 
+# Fields calibrate decides; every other field of the served configuration (weights for the generator
+# evidence, NSFW rule, provenance policy ...) is kept as it is when `served_config` is given.
+FITTED_FIELDS = ("rule", "threshold", "margin", "coefficients", "intercept", "id", "training")
+
+
 def calibrate(records: list[dict], *, target_fpr: float = 0.01, folds: int = 5, bootstrap: int = 1000,
-              seed: int = 0, C: float = 1.0, source: str = "", today: _dt.date | None = None) -> dict:
-    """-> {"config": the FusionConfig fields to write, "report": the numbers behind it}."""
+              seed: int = 0, C: float = 1.0, source: str = "", today: _dt.date | None = None,
+              served_config: dict | None = None) -> dict:
+    """-> {"config": the FusionConfig fields to write, "report": the numbers behind it}.
+
+    served_config: the served FusionConfig's fields (the postprocess model's `fusion` parameter); the
+    fields calibrate doesn't fit are carried over from it."""
     X, y, names, rows = training_matrix(records)
     n_ai = int(y.sum())
     if n_ai < 2 or len(y) - n_ai < 2:
@@ -148,7 +157,9 @@ def calibrate(records: list[dict], *, target_fpr: float = 0.01, folds: int = 5, 
     date = (today or _dt.datetime.now(_dt.timezone.utc).date()).isoformat()
     coefficients = {d: float(c) for d, c in zip(names, coef)}
     digest = hashlib.sha256(json.dumps([coefficients, intercept, threshold], sort_keys=True).encode()).hexdigest()[:10]
+    kept = {k: v for k, v in (served_config or {}).items() if k not in FITTED_FIELDS}
     config = {
+        **kept,
         "rule": "stacked", "coefficients": coefficients, "intercept": intercept, "threshold": threshold,
         "margin": 0.0, "id": f"stacked-{date}-{digest}",
         "training": {
@@ -159,6 +170,7 @@ def calibrate(records: list[dict], *, target_fpr: float = 0.01, folds: int = 5, 
             "platt": {d: {"a": v["a"], "b": v["b"]} for d, v in per_detector.items()},
             "auc_before_served": before["auc"], "auc_after_cv": after["auc"],
             "fused_before": {"rule": served.get("rule"), "id": served.get("id")},
+            "kept_from_served": sorted(kept),
         },
     }
     report = {"detectors": names, "served": served, "before": before, "after_cv": after,
@@ -207,6 +219,9 @@ def render_markdown(result: dict, *, source: str, server: str, out: str) -> str:
         auc = "n/a" if b0["auc"] is None else f"{b0['auc']:.3f}"
         lines.append(f"| {d} | {v['a']:.4g} | {v['b']:.4g} | {auc} | {b0['ece']:.3f} | {b1['ece']:.3f} | "
                      f"{b0['brier']:.3f} | {b1['brier']:.3f} |")
+    kept = tr.get("kept_from_served") or []
+    lines += ["", "Kept from the served configuration: " + (", ".join(f"`{k}`" for k in kept) if kept else
+                                                          "nothing (it was not readable: defaults)") + "."]
     lines += ["", f"Serve it: `make serve FUSION={out}` (or `python -m genguard.export.repository --fusion {out}`); "
                   f"every answer's `fusion` block then names `{config['id']}`."]
     return "\n".join(lines) + "\n"

@@ -112,6 +112,20 @@ def _unavailable(run):
     return wrapped
 
 
+def _served_config(args, client_factory) -> dict | None:
+    """The served FusionConfig's fields (postprocess's `fusion` parameter), or None where the server
+    doesn't show its model configurations (then the written file has the defaults for the fields
+    calibrate doesn't fit)."""
+    try:
+        with client_factory(args) as client:
+            config = client.model_config("postprocess")
+        return json.loads(config["parameters"]["fusion"]["string_value"] or "{}")
+    except Exception as exc:  # noqa: BLE001 - best effort: say so and go on with defaults
+        print(f"genguard: could not read the served fusion configuration ({exc}); the fields calibrate does "
+              "not fit keep their defaults", file=sys.stderr)
+        return None
+
+
 def _server(args) -> str:
     from genguard.client.transport import DEFAULT_PORTS, HOST
 
@@ -158,7 +172,8 @@ def calibrate(args, client_factory) -> int:
     records = _score(args, client_factory, labelled, work / "scores.jsonl", [])
     try:
         result = fit(records, target_fpr=args.target_fpr, folds=args.folds, bootstrap=args.bootstrap,
-                     seed=args.seed, C=args.C, source=str(args.labelled))
+                     seed=args.seed, C=args.C, source=str(args.labelled),
+                     served_config=_served_config(args, client_factory))
     except ValueError as exc:
         print(f"genguard: {exc}", file=sys.stderr)
         return 2
