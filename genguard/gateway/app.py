@@ -15,7 +15,7 @@ from .errors import (ApiError, api_error_handler, disconnect_handler, http_error
                      validation_error_handler)
 from .limits import ApiKeys, BodyLimit, Limiter
 from .metrics import Metrics, MetricsMiddleware
-from .routers import detect, health, hive, models
+from .routers import detect, health, hive, models, page
 from .settings import Settings, SettingsError, read_keys
 from .state import GatewayState
 
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None, keys: list[str] | None = None) 
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(ClientDisconnect, disconnect_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
-    for module in (hive, detect, models, health):
+    for module in (hive, detect, models, health, page):  # page: the reviewer page at / (no key to load it)
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     paths = frozenset(r.path for m in (hive, detect, models, health) for r in m.router.routes if "{" not in r.path)

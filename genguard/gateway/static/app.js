@@ -1,0 +1,579 @@
+// GenGuard reviewer page: plain JavaScript, no build step, no third-party code, this origin only.
+// Calls the gateway's own API: GET /v1/models (what is served) and POST /v1/detect (multipart `file` fields),
+// with `Authorization: Bearer <key>` when the gateway needs a key (kept in sessionStorage for this tab).
+"use strict";
+
+const KEY_STORE = "genguard.apiKey";
+const LEVELS = ["neutral", "low", "medium", "high"];
+const FILES_PER_REQUEST = 8;            // the gateway's default limit is 64 images and 64 MiB per request
+const BYTES_PER_REQUEST = 16 << 20;
+
+const state = {
+  models: null,        // GET /v1/models
+  items: [],           // {id, name, file, url, size, type, doc, error, label, revealed}
+  selected: null,      // id of the item in the detail view
+  sort: {key: null, dir: 1},
+  pending: [],         // files waiting for a key
+  busy: false,
+};
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("data-")) node.setAttribute(k, v);
+    else if (k in node) node[k] = v;
+    else node.setAttribute(k, v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+// A probability as shown (4 decimals); the exact number the API sent is in data-value.
+function num(value, cls) {
+  if (typeof value !== "number") return el("span", {class: "num " + (cls || ""), text: "—"});
+  return el("span", {class: "num " + (cls || ""), "data-value": String(value), text: value.toFixed(4)});
+}
+
+// ---- API key --------------------------------------------------------------------------------------
+
+function apiKey() { return sessionStorage.getItem(KEY_STORE) || ""; }
+
+function headers() {
+  const key = apiKey();
+  return key ? {"Authorization": "Bearer " + key} : {};
+}
+
+function askKey(message) {
+  const dialog = $("key-dialog");
+  $("key-error").hidden = !message;
+  $("key-error").textContent = message || "";
+  $("key-input").value = "";
+  if (!dialog.open) dialog.showModal();
+  $("key-input").focus();
+}
+
+async function errorOf(response) {
+  try {
+    const body = await response.json();
+    if (body && body.error) return body.error;
+  } catch (e) { /* not JSON */ }
+  return {code: "http_" + response.status, message: "the gateway answered HTTP " + response.status};
+}
+
+// ---- what is served -------------------------------------------------------------------------------
+
+async function loadModels() {
+  let response;
+  try {
+    response = await fetch("/v1/models", {headers: headers(), cache: "no-store"});
+  } catch (e) {
+    $("served").textContent = "The gateway cannot be reached.";
+    return false;
+  }
+  if (response.status === 401) {
+    const err = await errorOf(response);
+    $("served").textContent = "Waiting for an API key.";
+    askKey(apiKey() ? err.message : "");
+    return false;
+  }
+  if (!response.ok) {
+    const err = await errorOf(response);
+    $("served").textContent = `The gateway is not ready: ${err.message} (${err.code})`;
+    return true;  // the key (if any) was accepted
+  }
+  state.models = await response.json();
+  showModels();
+  return true;
+}
+
+function showModels() {
+  const m = state.models;
+  const names = Object.keys(m.detectors || {});
+  const f = m.fusion || {};
+  $("served").textContent = `${m.ensemble} ${m.ready ? "ready" : "not ready"} · detectors: ${names.join(", ")}`
+    + ` · ${f.rule || "?"} threshold ${f.threshold ?? "?"}`;
+  const random = Object.entries(m.weights || {}).filter(([, w]) => w === "random").map(([d]) => d);
+  $("random-banner").hidden = random.length === 0;
+  $("random-banner").textContent = random.length
+    ? `RANDOM WEIGHTS (${random.join(", ")}): these answers are meaningless — a test build, not a detector.` : "";
+  if (!$("blur-level").dataset.touched) {
+    $("blur-level").value = f.nsfw_level || "medium";
+    $("blur-threshold").value = f.nsfw_threshold ?? 0.5;
+  }
+  $("key-button").textContent = apiKey() ? "API key ✓" : "API key";
+}
+
+// ---- adding files ---------------------------------------------------------------------------------
+
+function isImageFile(file) {
+  return !file.name.startsWith(".");
+}
+
+async function filesFromEntry(entry, out) {
+  if (entry.isFile) {
+    await new Promise((resolve) => entry.file((f) => { out.push(f); resolve(); }, () => resolve()));
+  } else if (entry.isDirectory) {
+    const reader = entry.createReader();
+    for (;;) {
+      const batch = await new Promise((resolve) => reader.readEntries(resolve, () => resolve([])));
+      if (!batch.length) break;
+      for (const child of batch) await filesFromEntry(child, out);
+    }
+  }
+}
+
+async function filesFromDrop(dataTransfer) {
+  const entries = [...(dataTransfer.items || [])].map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry()).filter(Boolean);
+  if (!entries.length) return [...dataTransfer.files];
+  const out = [];
+  for (const entry of entries) await filesFromEntry(entry, out);
+  return out;
+}
+
+function addFiles(files) {
+  files = files.filter(isImageFile);
+  if (!files.length) return;
+  state.pending.push(...files);
+  pump();
+}
+
+let nextId = 1;
+
+async function pump() {
+  if (state.busy || !state.pending.length) return;
+  if (state.models === null && !(await loadModels())) return;  // waits for a key; resumed by the key form
+  state.busy = true;
+  const files = state.pending.splice(0);
+  const items = files.map((file) => ({
+    id: nextId++, name: file.webkitRelativePath || file.name, file, url: URL.createObjectURL(file),
+    size: file.size, type: file.type, doc: null, error: null, label: null, revealed: false,
+  }));
+  state.items.push(...items);
+  render();
+  const chunks = [];
+  let chunk = [], bytes = 0;
+  for (const item of items) {
+    if (chunk.length && (chunk.length >= FILES_PER_REQUEST || bytes + item.size > BYTES_PER_REQUEST)) {
+      chunks.push(chunk); chunk = []; bytes = 0;
+    }
+    chunk.push(item); bytes += item.size;
+  }
+  if (chunk.length) chunks.push(chunk);
+  let done = 0;
+  progress(done, items.length);
+  for (let i = 0; i < chunks.length; i++) {
+    const outcome = await detect(chunks[i]);
+    if (outcome === "key") {  // the key was refused: the rest waits for a new one
+      const waiting = chunks.slice(i).flat();
+      state.items = state.items.filter((it) => !waiting.includes(it));
+      state.pending.unshift(...waiting.map((it) => it.file));
+      break;
+    }
+    done += chunks[i].length;
+    progress(done, items.length);
+    render();
+  }
+  state.busy = false;
+  $("progress-box").hidden = true;
+  render();
+  if (state.pending.length && !$("key-dialog").open) pump();
+}
+
+function progress(done, total) {
+  $("progress-box").hidden = false;
+  $("progress").max = total;
+  $("progress").value = done;
+  $("progress-text").textContent = done < total ? `Analysing… ${done} of ${total} images answered` : `${total} images answered`;
+}
+
+async function detect(chunk) {
+  const form = new FormData();
+  for (const item of chunk) form.append("file", item.file, item.name);
+  let response;
+  try {
+    response = await fetch("/v1/detect", {method: "POST", body: form, headers: headers()});
+  } catch (e) {
+    for (const item of chunk) item.error = {code: "unreachable", message: "the gateway cannot be reached"};
+    return "error";
+  }
+  if (response.status === 401) {
+    const err = await errorOf(response);
+    askKey(err.message);
+    return "key";
+  }
+  if (!response.ok) {
+    const err = await errorOf(response);
+    for (const item of chunk) item.error = err;
+    return "error";
+  }
+  const body = await response.json();
+  body.data.forEach((doc, i) => { if (chunk[i]) chunk[i].doc = doc; });
+  return "ok";
+}
+
+// ---- the grid -------------------------------------------------------------------------------------
+
+function statusOf(item) {
+  if (item.doc) return item.doc.status;
+  if (item.error) return "FAILURE";
+  return "PENDING";
+}
+
+function reasonOf(item) {
+  if (item.doc && item.doc.error) return item.doc.error;
+  if (item.error) return {reason: item.error.code, message: item.error.message};
+  return null;
+}
+
+function nsfwLevel(item) { return item.doc && item.doc.nsfw ? item.doc.nsfw.level : null; }
+
+function blurred(item) {
+  if (item.revealed) return false;
+  const level = $("blur-level").value;
+  if (!level) return false;
+  const threshold = parseFloat($("blur-threshold").value);
+  const nsfw = item.doc && item.doc.nsfw;
+  if (!nsfw || !nsfw.at_least) return false;
+  const score = level === "neutral" ? 1 : nsfw.at_least[level];
+  return typeof score === "number" && score >= (Number.isFinite(threshold) ? threshold : 0.5);
+}
+
+const SORTS = {
+  name: (i) => i.name.toLowerCase(),
+  verdict: (i) => (i.doc && i.doc.verdict) || "~",
+  p: (i) => (i.doc && typeof i.doc.is_ai_generated === "number" ? i.doc.is_ai_generated : -1),
+  source: (i) => (i.doc && i.doc.source) || "~",
+  nsfw: (i) => LEVELS.indexOf(nsfwLevel(i)),
+  status: (i) => statusOf(i),
+  label: (i) => i.label || "~",
+};
+
+function visibleItems() {
+  const verdict = $("f-verdict").value, status = $("f-status").value, nsfw = $("f-nsfw").value;
+  const label = $("f-label").value, name = $("f-name").value.trim().toLowerCase();
+  let items = state.items.filter((i) =>
+    (!verdict || (i.doc && i.doc.verdict === verdict))
+    && (!status || statusOf(i) === status)
+    && (!nsfw || nsfwLevel(i) === nsfw)
+    && (!label || (label === "none" ? !i.label : i.label === label))
+    && (!name || i.name.toLowerCase().includes(name)));
+  if (state.sort.key) {
+    const key = SORTS[state.sort.key], dir = state.sort.dir;
+    items = items.map((it, n) => [it, n]).sort(([a, na], [b, nb]) => {
+      const ka = key(a), kb = key(b);
+      return ka < kb ? -dir : ka > kb ? dir : na - nb;
+    }).map(([it]) => it);
+  }
+  return items;
+}
+
+function thumb(item, big) {
+  const img = el("img", {class: big ? "large" : "thumb", alt: item.name, src: item.url});
+  img.addEventListener("error", () => img.classList.add("broken"), {once: true});
+  if (blurred(item)) img.classList.add("blurred");
+  return img;
+}
+
+function render() {
+  const rows = $("rows");
+  rows.replaceChildren();
+  for (const item of visibleItems()) {
+    const d = item.doc;
+    const reason = reasonOf(item);
+    const isBlurred = blurred(item);
+    const thumbButton = el("button", {type: "button", class: "thumb-button", "data-action": "reveal",
+      "aria-label": isBlurred ? `Reveal ${item.name} (blurred: NSFW)` : `Show ${item.name}`}, thumb(item, false));
+    const statusText = statusOf(item) === "FAILURE" && reason ? `FAILURE: ${reason.reason}` : statusOf(item);
+    const tr = el("tr", {tabindex: 0, "data-id": String(item.id), "data-name": item.name,
+        class: [item.id === state.selected ? "selected" : "", isBlurred ? "is-blurred" : ""].join(" ").trim()},
+      el("td", {}, thumbButton),
+      el("td", {class: "name", text: item.name}),
+      el("td", {class: "verdict " + ((d && d.verdict) || ""), text: (d && d.verdict) || "—"}),
+      el("td", {class: "p"}, d ? num(d.is_ai_generated) : "—"),
+      el("td", {class: "source", text: (d && d.source) || "—"}),
+      el("td", {class: "nsfw", text: nsfwLevel(item) || "—"}),
+      el("td", {class: "status " + statusOf(item).toLowerCase(), title: reason ? reason.message : "", text: statusText}),
+      el("td", {class: "label", text: item.label || ""}));
+    rows.append(tr);
+  }
+  const failed = state.items.filter((i) => statusOf(i) === "FAILURE");
+  $("failures").hidden = failed.length === 0;
+  $("failure-list").replaceChildren(...failed.map((i) => {
+    const r = reasonOf(i);
+    return el("li", {"data-name": i.name}, el("strong", {text: i.name}), ": ",
+      el("code", {class: "reason", text: r.reason}), " — ", r.message);
+  }));
+  const labelled = state.items.filter((i) => i.label).length;
+  if (state.items.length) {
+    $("summary").textContent = `${state.items.length} images, ${failed.length} failed, ${labelled} labelled. `
+      + "Keys: j/k move, a AI-generated, r real, u unsure, 0 clear, v reveal, Esc close.";
+  }
+  for (const b of document.querySelectorAll("th button[data-sort]")) {
+    const on = b.dataset.sort === state.sort.key;
+    b.setAttribute("aria-sort", on ? (state.sort.dir > 0 ? "ascending" : "descending") : "none");
+    b.classList.toggle("sorted", on);
+  }
+  renderDetail();
+}
+
+// ---- the detail view ------------------------------------------------------------------------------
+
+function bars(title, values, id, order) {
+  const keys = order || Object.keys(values).sort((a, b) => values[b] - values[a]);
+  return el("section", {class: "bars", "data-block": id},
+    el("h3", {text: title}),
+    el("dl", {}, keys.filter((k) => k in values).map((k) => {
+      const bar = el("span", {class: "bar"});
+      bar.style.width = `${Math.max(0, Math.min(1, values[k])) * 100}%`;
+      return el("div", {class: "bar-row", "data-key": k},
+        el("dt", {text: k}), el("dd", {}, el("span", {class: "track"}, bar), num(values[k])));
+    })));
+}
+
+function facts(pairs, id) {
+  return el("dl", {class: "facts", "data-block": id}, pairs.filter(([, v]) => v !== undefined && v !== null && v !== "")
+    .map(([k, v]) => el("div", {"data-key": k}, el("dt", {text: k}), el("dd", {}, v instanceof Node ? v : String(v)))));
+}
+
+function renderDetail() {
+  const aside = $("detail");
+  const item = state.items.find((i) => i.id === state.selected);
+  aside.hidden = !item;
+  document.body.classList.toggle("with-detail", Boolean(item));
+  if (!item) return;
+  const d = item.doc;
+  $("d-name").textContent = item.name;
+  const img = $("d-image");
+  img.src = item.url;
+  img.alt = item.name;
+  img.className = "large" + (blurred(item) ? " blurred" : "");
+  $("d-image-button").setAttribute("aria-label", blurred(item) ? "Reveal the image (blurred: NSFW)" : "The image");
+  for (const b of $("d-labels").querySelectorAll("button")) b.setAttribute("aria-pressed", String(b.dataset.label === item.label));
+
+  const warnings = $("d-warnings");
+  warnings.replaceChildren();
+  const random = d && d.weights ? Object.entries(d.weights).filter(([, w]) => w === "random").map(([k]) => k) : [];
+  if (random.length) {
+    warnings.append(el("p", {class: "banner", role: "alert", "data-block": "random-weights",
+      text: `RANDOM WEIGHTS (${random.join(", ")}): this answer is meaningless.`}));
+  }
+  for (const w of (d && d.warnings) || []) warnings.append(el("p", {class: "warning", text: w}));
+
+  const body = $("d-body");
+  body.replaceChildren();
+  const reason = reasonOf(item);
+  if (reason) {
+    body.append(el("p", {class: "error", "data-block": "failure"}, el("strong", {text: `FAILURE: ${reason.reason}`}),
+      " — ", reason.message));
+  }
+  const fileFacts = [["file", item.name], ["bytes", item.size], ["type", item.type || "unknown"]];
+  if (!d || d.status !== "SUCCESS") {
+    body.append(el("h3", {text: "File"}), facts(fileFacts, "file"));
+    if (d && d.provenance) body.append(provenance(d.provenance));
+    return;
+  }
+  const f = d.fusion || {};
+  body.append(el("section", {class: "verdict-block", "data-block": "verdict"},
+    el("p", {class: "big verdict " + (d.verdict || "")}, d.verdict || "—"),
+    facts([["P(AI-generated)", num(d.is_ai_generated)], ["threshold", num(f.threshold)], ["margin", num(f.margin)],
+      ["rule", f.rule], ["fusion id", f.id], ["source", d.source || "—"], ["decided by", d.decided_by || "the detectors"]],
+    "fusion")));
+  if (d.possible_sources) body.append(bars("Possible sources (Hive's distribution)", d.possible_sources, "possible_sources"));
+  if (d.sources_given_ai) body.append(bars("Generator, given AI-generated", d.sources_given_ai, "sources_given_ai"));
+  if (d.nsfw) {
+    body.append(bars(`NSFW: ${d.nsfw.level}${d.nsfw.is_nsfw ? " (NSFW)" : ""}`, d.nsfw.scores, "nsfw_scores", LEVELS));
+    body.append(bars("NSFW at least (cumulative)", d.nsfw.at_least, "nsfw_at_least", LEVELS));
+    body.append(el("p", {class: "muted", text: `is_nsfw: ${d.nsfw.is_nsfw} (${d.nsfw.rule})`}));
+  }
+  const det = el("section", {"data-block": "detectors"}, el("h3", {text: "Detectors"}));
+  for (const [name, heads] of Object.entries(d.detectors || {})) {
+    for (const [head, probs] of Object.entries(heads)) {
+      const t = el("table", {class: "probs", "data-detector": name, "data-head": head},
+        el("caption", {text: `${name} · ${head}`}),
+        el("tbody", {}, Object.entries(probs).map(([label, p]) =>
+          el("tr", {"data-key": label}, el("th", {scope: "row", text: label}), el("td", {}, num(p))))));
+      det.append(t);
+    }
+  }
+  body.append(det);
+  const image = d.image || {};
+  body.append(el("h3", {text: "Image"}), facts([...fileFacts, ["format", image.format], ["width", image.width],
+    ["height", image.height]], "image"));
+  if (d.provenance) body.append(provenance(d.provenance));
+  body.append(el("h3", {text: "Weights"}), facts(Object.entries(d.weights || {}).map(([k, w]) =>
+    [k, w + ((d.revisions || {})[k] ? ` @ ${d.revisions[k]}` : "")]), "weights"));
+  // Explanations (heatmaps) will be rendered into #d-explanations here once answers carry `explanations`;
+  // nothing is drawn until then.
+  $("d-explanations").hidden = true;
+}
+
+function provenance(p) {
+  const c2pa = p.c2pa || {};
+  const section = el("section", {"data-block": "provenance"}, el("h3", {text: "Provenance"}),
+    facts([["declares AI", String(Boolean(p.declares_ai))], ["generator", p.generator], ["effect", p.effect],
+      ["policy", p.policy], ["C2PA", c2pa.present ? (c2pa.state || "present") : "none"],
+      ["looked for", (p.looked_for || []).join(", ") || "nothing"]], "provenance-facts"));
+  const signals = p.signals || [];
+  section.append(el("ul", {class: "signals"}, signals.length ? signals.map((s) => el("li", {class: "signal"},
+    el("code", {text: s.source}), " ", el("strong", {text: s.kind}), s.generator ? ` · ${s.generator}` : "",
+    s.detail ? ` · ${typeof s.detail === "string" ? s.detail : JSON.stringify(s.detail)}` : "")) : el("li", {text: "no signals"})));
+  return section;
+}
+
+// ---- labels and export ----------------------------------------------------------------------------
+
+function setLabel(item, label) {
+  if (!item) return;
+  item.label = label;
+  render();
+}
+
+function exportRows() {
+  return state.items.filter((i) => i.label);
+}
+
+function download(name, text, type) {
+  const url = URL.createObjectURL(new Blob([text], {type}));
+  const a = el("a", {href: url, download: name});
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+// JSONL: one object per labelled image, `path` (the file name), `label` (ai / real / unsure: `genguard
+// evaluate`/`calibrate` skip unsure), and the gateway's answer.
+function exportJsonl() {
+  const lines = exportRows().map((i) => JSON.stringify({path: i.name, label: i.label, answer: i.doc || {error: reasonOf(i)}}));
+  download("genguard-labels.jsonl", lines.join("\n") + (lines.length ? "\n" : ""), "application/x-ndjson");
+}
+
+function csvCell(v) {
+  const s = v === null || v === undefined ? "" : String(v);
+  return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+}
+
+// CSV: path,label,generator first (the labelled-set columns), then the answer's main fields.
+function exportCsv() {
+  const head = ["path", "label", "generator", "verdict", "is_ai_generated", "source", "served_nsfw_level", "status", "reason"];
+  const lines = [head.join(",")].concat(exportRows().map((i) => {
+    const d = i.doc || {}, r = reasonOf(i);
+    return [i.name, i.label, "", d.verdict, d.is_ai_generated, d.source, nsfwLevel(i), statusOf(i), r ? r.reason : ""]
+      .map(csvCell).join(",");
+  }));
+  download("genguard-labels.csv", lines.join("\n") + "\n", "text/csv");
+}
+
+// ---- events ---------------------------------------------------------------------------------------
+
+function select(id, focus) {
+  state.selected = id;
+  render();
+  if (focus) {
+    const row = document.querySelector(`#rows tr[data-id="${id}"]`);
+    if (row) row.focus();
+  }
+}
+
+function move(step) {
+  const items = visibleItems();
+  if (!items.length) return;
+  const at = items.findIndex((i) => i.id === state.selected);
+  const next = items[Math.max(0, Math.min(items.length - 1, at < 0 ? 0 : at + step))];
+  select(next.id, true);
+}
+
+function reveal(item) {
+  if (!item) return;
+  item.revealed = true;
+  render();
+}
+
+function init() {
+  $("origin").textContent = location.origin;
+  $("drop").addEventListener("dragover", (e) => { e.preventDefault(); $("drop").classList.add("over"); });
+  $("drop").addEventListener("dragleave", () => $("drop").classList.remove("over"));
+  $("drop").addEventListener("drop", async (e) => {
+    e.preventDefault();
+    $("drop").classList.remove("over");
+    addFiles(await filesFromDrop(e.dataTransfer));
+  });
+  document.addEventListener("paste", (e) => {
+    const files = [...((e.clipboardData && e.clipboardData.files) || [])];
+    if (files.length) { e.preventDefault(); addFiles(files); }
+  });
+  for (const id of ["pick-files", "pick-folder"]) {
+    $(id).addEventListener("change", (e) => { addFiles([...e.target.files]); e.target.value = ""; });
+  }
+  for (const id of ["f-verdict", "f-status", "f-nsfw", "f-label", "f-name"]) $(id).addEventListener("input", render);
+  for (const id of ["blur-level", "blur-threshold"]) {
+    $(id).addEventListener("input", () => { $("blur-level").dataset.touched = "1"; render(); });
+  }
+  for (const b of document.querySelectorAll("th button[data-sort]")) {
+    b.addEventListener("click", () => {
+      const key = b.dataset.sort;
+      state.sort = {key, dir: state.sort.key === key ? -state.sort.dir : 1};
+      render();
+    });
+  }
+  $("rows").addEventListener("click", (e) => {
+    const row = e.target.closest("tr[data-id]");
+    if (!row) return;
+    const item = state.items.find((i) => i.id === Number(row.dataset.id));
+    if (e.target.closest("[data-action=reveal]") && blurred(item)) reveal(item);
+    select(item.id, false);
+  });
+  $("rows").addEventListener("keydown", (e) => {
+    const row = e.target.closest("tr[data-id]");
+    if (row && e.key === "Enter" && e.target === row) select(Number(row.dataset.id), true);
+  });
+  $("d-image-button").addEventListener("click", () => reveal(state.items.find((i) => i.id === state.selected)));
+  $("d-close").addEventListener("click", () => select(null, false));
+  for (const b of $("d-labels").querySelectorAll("button")) {
+    b.addEventListener("click", () => {
+      const item = state.items.find((i) => i.id === state.selected);
+      setLabel(item, item && item.label === b.dataset.label ? null : b.dataset.label);
+    });
+  }
+  $("export-jsonl").addEventListener("click", exportJsonl);
+  $("export-csv").addEventListener("click", exportCsv);
+  $("key-button").addEventListener("click", () => askKey(""));
+  $("key-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const key = $("key-input").value.trim();
+    if (!key) return;
+    sessionStorage.setItem(KEY_STORE, key);
+    $("key-dialog").close();
+    state.models = null;
+    if (await loadModels()) pump();
+  });
+  document.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || $("key-dialog").open) return;
+    if (e.target.closest && e.target.closest("input, select, textarea")) return;
+    const item = state.items.find((i) => i.id === state.selected);
+    const keys = {a: "ai", r: "real", u: "unsure"};
+    if (e.key in keys) setLabel(item, keys[e.key]);
+    else if (e.key === "0") setLabel(item, null);
+    else if (e.key === "j" || e.key === "ArrowDown") move(1);
+    else if (e.key === "k" || e.key === "ArrowUp") move(-1);
+    else if (e.key === "v") reveal(item);
+    else if (e.key === "Escape" && item) select(null, false);
+    else return;
+    e.preventDefault();
+    if (item && state.selected === item.id && e.key in keys) {
+      const row = document.querySelector(`#rows tr[data-id="${item.id}"]`);
+      if (row) row.focus();
+    }
+  });
+  loadModels();
+}
+
+document.addEventListener("DOMContentLoaded", init);
