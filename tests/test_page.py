@@ -1,0 +1,295 @@
+"""The reviewer page (GET / of the REST gateway) in a real browser: Debian's chromium driven by Playwright
+(launched by its executable_path, headless), over real HTTP against a real uvicorn gateway (keys on) in
+front of the real tritonserver (the session `triton` fixture). A mixed batch is uploaded through the
+page; the rows, the failure reason, the NSFW blur and its reveal, the detail view's numbers (against the
+API's own answer to the page's request), the API-key prompt, keyboard labels and the exported labels
+files are checked; every request the page makes must stay on the gateway's origin. Screenshots go to
+build/screenshots/ for review."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+import hostile
+from genguard.calibration.dataset import load_labelled
+from test_gateway import KEY, ROOT, auth, png, start_gateway
+
+pytestmark = pytest.mark.server
+
+CHROMIUM = os.environ.get("GENGUARD_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = ROOT / "build" / "screenshots"
+LEVELS = ("low", "medium", "high")
+WAIT_MS = 240_000  # a shared, loaded test machine: inference can be slow
+
+
+@pytest.fixture(scope="module")
+def keyed(triton, tmp_path_factory):
+    gw = start_gateway(triton.grpc_url, tmp_path_factory.mktemp("gw-page"), "--deadline-s", "180", keys=[KEY])
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        args = ["--no-sandbox"] if os.geteuid() == 0 else []
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        yield chromium
+        chromium.close()
+
+
+def mixed_batch(folder: Path) -> dict[str, bytes]:
+    """Good images (PNG, JPEG, a PNG whose text chunk names a generator), and a corrupt PNG."""
+    gradient = np.linspace(0, 255, 96 * 128 * 3).reshape(96, 128, 3).astype(np.uint8)
+    jpeg = io.BytesIO()
+    Image.fromarray(gradient).save(jpeg, "JPEG", quality=90)
+    tagged = io.BytesIO()
+    info = PngInfo()
+    info.add_text("parameters", "a lighthouse at dusk\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Model: sd_xl_base")
+    Image.open(io.BytesIO(png(5, (80, 64)))).save(tagged, "PNG", pnginfo=info)
+    files = {"noise-a.png": png(1), "noise-b.png": png(2, (72, 72)), "gradient.jpg": jpeg.getvalue(),
+             "webui.png": tagged.getvalue(), "corrupt.png": hostile.png_with_bad_crc(png(40, (120, 80)))}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return files
+
+
+def test_page_and_static_files_are_served_with_csp_without_a_key(keyed):
+    page = requests.get(keyed.url + "/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    assert directives["default-src"] == "'none'" and directives["script-src"] == "'self'"
+    assert directives["connect-src"] == "'self'" and directives["frame-ancestors"] == "'none'"
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp and "http" not in csp
+    html = page.text
+    assert html.count("<script") == html.count('<script src="/static/') == 1  # no inline script
+    assert not re.search(r"\son[a-z]+\s*=", html)  # no inline event handlers either
+    for name, kind in (("app.js", "text/javascript"), ("app.css", "text/css"), ("favicon.svg", "image/svg+xml")):
+        r = requests.get(f"{keyed.url}/static/{name}", timeout=10)
+        assert r.status_code == 200 and r.headers["content-type"].startswith(kind), name
+        assert r.headers["content-security-policy"] == csp
+        text = r.content.replace(b'xmlns="http://www.w3.org/2000/svg"', b"")  # a namespace name, not a fetch
+        assert b"http://" not in text and b"https://" not in text and b"//" + b"cdn" not in text, name
+    missing = requests.get(keyed.url + "/static/index.py", timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    # the API behind the page stays keyed
+    refused = requests.get(keyed.url + "/v1/models", timeout=10)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "missing_api_key"
+
+
+def _value(locator) -> float:
+    return float(locator.get_attribute("data-value"))
+
+
+def _check_number(locator, expected: float) -> None:
+    assert _value(locator) == expected
+    assert locator.inner_text() == f"{expected:.4f}"
+
+
+def test_review_a_mixed_batch(keyed, browser, tmp_path):
+    files = mixed_batch(tmp_path)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    good = [n for n in files if n != "corrupt.png"]
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+
+    # -- the API-key prompt: a wrong key is refused with the gateway's message, the right one is kept
+    page.goto(keyed.url + "/")
+    dialog = page.locator("#key-dialog")
+    dialog.wait_for(state="visible")
+    page.fill("#key-input", "gk-wrong-key-0000000000000000")
+    page.click("#key-form button[type=submit]")
+    page.locator("#key-error").wait_for(state="visible")
+    refused = requests.get(keyed.url + "/v1/models", headers=auth("gk-wrong-key-0000000000000000"), timeout=10)
+    assert page.inner_text("#key-error") == refused.json()["error"]["message"]
+    page.fill("#key-input", KEY)
+    page.click("#key-form button[type=submit]")
+    dialog.wait_for(state="hidden")
+    models = requests.get(keyed.url + "/v1/models", headers=auth(), timeout=30).json()
+    page.wait_for_function("document.getElementById('served').textContent.includes('detectors:')")
+    served = page.inner_text("#served")
+    assert all(name in served for name in models["detectors"])
+    assert page.evaluate("sessionStorage.getItem('genguard.apiKey')") == KEY
+    assert page.input_value("#blur-level") == models["fusion"]["nsfw_level"]
+    assert float(page.input_value("#blur-threshold")) == models["fusion"]["nsfw_threshold"]
+    assert page.is_visible("#random-banner") and "RANDOM WEIGHTS" in page.inner_text("#random-banner")
+
+    # -- upload: one multipart request; the answer the page got is the reference for every number shown
+    with page.expect_response(lambda r: r.url.endswith("/v1/detect"), timeout=WAIT_MS) as answered:
+        page.set_input_files("#pick-files", [str(tmp_path / n) for n in files])
+    response = answered.value
+    assert response.status == 200 and response.request.method == "POST"
+    assert response.request.headers["authorization"] == f"Bearer {KEY}"
+    docs = {d["name"]: d for d in response.json()["data"]}
+    assert sorted(docs) == sorted(files)
+    page.wait_for_function(f"document.getElementById('progress-text').textContent === '{len(files)} images answered'"
+                           " || document.getElementById('progress-box').hidden")
+
+    rows = page.locator("#rows tr")
+    assert rows.count() == len(files)
+    assert sorted(rows.nth(i).get_attribute("data-name") for i in range(rows.count())) == sorted(files)
+    for name, doc in docs.items():
+        row = page.locator(f'#rows tr[data-name="{name}"]')
+        if name == "corrupt.png":
+            assert doc["status"] == "FAILURE" and doc["error"]["reason"] == "corrupt"
+            assert row.locator("td.status").inner_text() == "FAILURE: corrupt"
+            assert row.locator("td.status").get_attribute("title") == doc["error"]["message"]
+            continue
+        assert doc["status"] == "SUCCESS", doc
+        assert row.locator("td.status").inner_text() == "SUCCESS"
+        assert row.locator("td.verdict").inner_text() == doc["verdict"]
+        _check_number(row.locator("td.p .num"), doc["is_ai_generated"])
+        assert row.locator("td.source").inner_text() == (doc["source"] or "—")
+        assert row.locator("td.nsfw").inner_text() == doc["nsfw"]["level"]
+    failure = page.locator('#failure-list li[data-name="corrupt.png"]')
+    assert failure.locator(".reason").inner_text() == "corrupt"
+    assert docs["corrupt.png"]["error"]["message"] in failure.inner_text()
+
+    # -- NSFW blur: pick the level and threshold (from the API's answers) that blur exactly one image
+    def gap(level):
+        scores = sorted((docs[n]["nsfw"]["at_least"][level], n) for n in good)
+        return scores[-1][0] - scores[-2][0], level, scores[-1][1], (scores[-1][0] + scores[-2][0]) / 2
+    width, level, target, threshold = max(gap(lv) for lv in LEVELS)
+    assert width > 0, "every image has the same NSFW scores: no level separates them"
+    page.select_option("#blur-level", level)
+    page.fill("#blur-threshold", repr(threshold))
+    blurred = [n for n in files if "blurred" in (page.locator(f'#rows tr[data-name="{n}"] img').get_attribute("class") or "")]
+    assert blurred == [target]
+    thumb = page.locator(f'#rows tr[data-name="{target}"] img')
+    assert "blur(" in thumb.evaluate("img => getComputedStyle(img).filter")
+    page.screenshot(path=str(SCREENSHOTS / "page-1280x800-blurred.png"))
+    page.click(f'#rows tr[data-name="{target}"] .thumb-button')  # reveal (and open the detail view)
+    assert "blurred" not in (thumb.get_attribute("class") or "")
+    assert thumb.evaluate("img => getComputedStyle(img).filter") == "none"
+    assert page.is_visible("#detail") and page.inner_text("#d-name") == target
+    assert "blurred" not in (page.get_attribute("#d-image", "class") or "")
+
+    # -- the detail view's numbers are the API's
+    for name in good:
+        page.click(f'#rows tr[data-name="{name}"] td.name')
+        assert page.inner_text("#d-name") == name
+        doc = docs[name]
+        detail = page.locator("#detail")
+        assert detail.locator("[data-block=verdict] .verdict").inner_text() == doc["verdict"]
+        fusion = detail.locator("[data-block=fusion]")
+        _check_number(fusion.locator('[data-key="P(AI-generated)"] .num'), doc["is_ai_generated"])
+        _check_number(fusion.locator('[data-key="threshold"] .num'), doc["fusion"]["threshold"])
+        for block, values in (("possible_sources", doc["possible_sources"]), ("sources_given_ai", doc["sources_given_ai"]),
+                              ("nsfw_scores", doc["nsfw"]["scores"]), ("nsfw_at_least", doc["nsfw"]["at_least"])):
+            bars = detail.locator(f"[data-block={block}] .bar-row")
+            assert bars.count() == len(values), block
+            for key, value in values.items():
+                _check_number(detail.locator(f'[data-block={block}] .bar-row[data-key="{key}"] .num'), value)
+        tables = detail.locator("[data-block=detectors] table.probs")
+        assert tables.count() == sum(len(heads) for heads in doc["detectors"].values())
+        for detector, heads in doc["detectors"].items():
+            for head, probs in heads.items():
+                table = detail.locator(f'table.probs[data-detector="{detector}"][data-head="{head}"]')
+                assert table.locator("tbody tr").count() == len(probs)
+                for label, p in probs.items():
+                    _check_number(table.locator(f'tr[data-key="{label}"] .num'), p)
+        facts = detail.locator("[data-block=image]")
+        for key in ("width", "height", "format"):
+            assert facts.locator(f'[data-key="{key}"] dd').inner_text() == str(doc["image"][key])
+        assert facts.locator('[data-key="bytes"] dd').inner_text() == str(len(files[name]))
+        assert detail.locator("[data-block=random-weights]").is_visible()
+        assert detail.locator(".warning").all_inner_texts() == doc.get("warnings", [])
+        signals = doc["provenance"]["signals"]
+        shown = detail.locator("[data-block=provenance] li.signal")
+        assert shown.count() == len(signals)
+        for i, signal in enumerate(signals):
+            assert signal["kind"] in shown.nth(i).inner_text() and signal["source"] in shown.nth(i).inner_text()
+        assert detail.locator("#d-explanations").is_hidden()  # nothing is drawn until answers carry explanations
+    assert any(s["kind"] == "ai_generated" for s in docs["webui.png"]["provenance"]["signals"])
+
+    # -- the failure in the detail view
+    page.click('#rows tr[data-name="corrupt.png"] td.name')
+    assert page.locator("[data-block=failure]").inner_text().startswith("FAILURE: corrupt")
+
+    # -- labels by keyboard: select a row, then a / j r / j u; the failure stays unlabelled
+    page.click("#grid th button[data-sort=name]")  # sorted by name: corrupt, gradient, noise-a, noise-b, webui
+    order = [page.locator("#rows tr").nth(i).get_attribute("data-name") for i in range(len(files))]
+    assert order == sorted(files)
+    page.click('#rows tr[data-name="gradient.jpg"] td.name')
+    page.keyboard.press("a")
+    page.keyboard.press("j")
+    page.keyboard.press("r")
+    page.keyboard.press("j")
+    page.keyboard.press("u")
+    page.keyboard.press("j")
+    page.keyboard.press("r")
+    page.keyboard.press("0")  # webui.png: labelled, then cleared
+    labels = {n: page.locator(f'#rows tr[data-name="{n}"] td.label').inner_text() for n in files}
+    expected = {"gradient.jpg": "ai", "noise-a.png": "real", "noise-b.png": "unsure"}
+    assert labels == {n: expected.get(n, "") for n in files}
+    page.select_option("#f-label", "real")
+    assert [page.locator("#rows tr").nth(i).get_attribute("data-name") for i in range(page.locator("#rows tr").count())] \
+        == ["noise-a.png"]
+    page.select_option("#f-label", "")
+
+    # -- exports: the labelled-set formats genguard evaluate / calibrate read, answers included
+    with page.expect_download() as download:
+        page.click("#export-jsonl")
+    jsonl = tmp_path / "labels.jsonl"
+    download.value.save_as(jsonl)
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert sorted((x["path"], x["label"]) for x in lines) == sorted(expected.items())
+    for line in lines:
+        assert line["answer"] == docs[line["path"]]
+    with page.expect_download() as download:
+        page.click("#export-csv")
+    table = tmp_path / "labels.csv"
+    download.value.save_as(table)
+    with table.open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames[:3] == ["path", "label", "generator"]
+        rows_csv = list(reader)
+    assert sorted((r["path"], r["label"]) for r in rows_csv) == sorted(expected.items())
+    for r in rows_csv:
+        doc = docs[r["path"]]
+        assert (r["verdict"], float(r["is_ai_generated"]), r["status"]) == (doc["verdict"], doc["is_ai_generated"],
+                                                                            doc["status"])
+    for exported in (jsonl, table):
+        labelled = load_labelled(exported)
+        assert sorted((Path(s.path).name, s.label) for s in labelled.samples) == [("gradient.jpg", 1), ("noise-a.png", 0)]
+        assert labelled.skipped == {"unsure or unlabelled": 1}
+
+    # -- screenshots (desktop with the detail view, phone width), then the origin check
+    page.click(f'#rows tr[data-name="{target}"] td.name')
+    page.screenshot(path=str(SCREENSHOTS / "page-1280x800.png"))
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # the page itself never scrolls sideways
+    page.screenshot(path=str(SCREENSHOTS / "page-390-phone.png"), full_page=True)
+
+    origin = urlsplit(keyed.url)
+    elsewhere = [u for u in requested if urlsplit(u).scheme not in ("blob", "data")
+                 and (urlsplit(u).scheme, urlsplit(u).netloc) != (origin.scheme, origin.netloc)]
+    assert requested and not elsewhere
+    assert {urlsplit(u).path for u in requested if u.startswith(keyed.url)} >= {"/", "/static/app.js", "/static/app.css",
+                                                                                "/v1/models", "/v1/detect"}
+    assert not errors, errors
+    context.close()
