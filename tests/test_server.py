@@ -136,7 +136,9 @@ def test_each_model_is_callable_on_its_own(triton, tiny_build):
     for name, tensor in ours.items():
         assert np.array_equal(pre.as_numpy(protocol.pixels_tensor(name))[0], tensor)
     info = json.loads(pre.as_numpy(protocol.IMAGE_INFO)[0, 0])
+    provenance = info.pop("provenance")  # what the image's metadata says (tests/test_provenance*.py)
     assert info == {"ok": True, "width": 640, "height": 427, "format": "JPEG"}
+    assert provenance["looked_for"] == ["c2pa", "xmp", "exif", "text"] and provenance["c2pa"] == {"present": False}
 
     spec = specs.get("sumsub_sd")
     pixels = np.stack([ours[spec.input.name]] * 3)
