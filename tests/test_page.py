@@ -130,7 +130,7 @@ def test_review_a_mixed_batch(keyed, browser, tmp_path):
     page.click("#key-form button[type=submit]")
     dialog.wait_for(state="hidden")
     models = requests.get(keyed.url + "/v1/models", headers=auth(), timeout=30).json()
-    page.wait_for_function("document.getElementById('served').textContent.includes('detectors:')")
+    page.locator("#served", has_text="detectors:").wait_for()
     served = page.inner_text("#served")
     assert all(name in served for name in models["detectors"])
     assert page.evaluate("sessionStorage.getItem('genguard.apiKey')") == KEY
@@ -146,8 +146,8 @@ def test_review_a_mixed_batch(keyed, browser, tmp_path):
     assert response.request.headers["authorization"] == f"Bearer {KEY}"
     docs = {d["name"]: d for d in response.json()["data"]}
     assert sorted(docs) == sorted(files)
-    page.wait_for_function(f"document.getElementById('progress-text').textContent === '{len(files)} images answered'"
-                           " || document.getElementById('progress-box').hidden")
+    page.locator("#progress-box").wait_for(state="hidden")  # every chunk answered
+    assert page.locator("#rows td.status", has_text="PENDING").count() == 0
 
     rows = page.locator("#rows tr")
     assert rows.count() == len(files)
@@ -278,6 +278,27 @@ def test_review_a_mixed_batch(keyed, browser, tmp_path):
         assert sorted((Path(s.path).name, s.label) for s in labelled.samples) == [("gradient.jpg", 1), ("noise-a.png", 0)]
         assert labelled.skipped == {"unsure or unlabelled": 1}
 
+    # -- sort by P(AI) (failures first), filter by status
+    page.click("#grid th button[data-sort=p]")
+    by_p = [page.locator("#rows tr").nth(i).get_attribute("data-name") for i in range(len(files))]
+    assert by_p == ["corrupt.png"] + sorted(good, key=lambda n: docs[n]["is_ai_generated"])
+    page.select_option("#f-status", "FAILURE")
+    assert page.locator("#rows tr").count() == 1 and page.locator("#rows tr").get_attribute("data-name") == "corrupt.png"
+    page.select_option("#f-status", "")
+
+    # -- a dropped file goes the same way (one more request, one more row)
+    with page.expect_response(lambda r: r.url.endswith("/v1/detect"), timeout=WAIT_MS) as answered:
+        page.evaluate("""bytes => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([new Uint8Array(bytes)], "dropped.png", {type: "image/png"}));
+            document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true}));
+        }""", list(files["noise-a.png"]))
+    dropped = answered.value.json()["data"]
+    assert [d["name"] for d in dropped] == ["dropped.png"]
+    row = page.locator('#rows tr[data-name="dropped.png"]')
+    row.locator("td.status", has_text="SUCCESS").wait_for()
+    _check_number(row.locator("td.p .num"), dropped[0]["is_ai_generated"])
+
     # -- screenshots (desktop with the detail view, phone width), then the origin check
     page.click(f'#rows tr[data-name="{target}"] td.name')
     page.screenshot(path=str(SCREENSHOTS / "page-1280x800.png"))
@@ -293,3 +314,44 @@ def test_review_a_mixed_batch(keyed, browser, tmp_path):
                                                                                 "/v1/models", "/v1/detect"}
     assert not errors, errors
     context.close()
+
+
+def test_page_without_keys_and_a_refused_request(triton, browser, tmp_path):
+    """A loopback gateway without keys: no prompt. A request the gateway refuses (here 413, its body limit)
+    marks each of its images with the error's code and message."""
+    gw = start_gateway(triton.grpc_url, tmp_path, "--max-body-bytes", "4096")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(gw.url + "/")
+        page.locator("#served", has_text="detectors:").wait_for()
+        assert page.locator("#key-dialog").is_hidden()
+        big = tmp_path / "big.png"
+        big.write_bytes(png(3, (200, 200)))  # ~120 kB of noise: over the 4 kB body limit
+        with page.expect_response(lambda r: r.url.endswith("/v1/detect"), timeout=WAIT_MS) as answered:
+            page.set_input_files("#pick-files", str(big))
+        error = answered.value.json()["error"]
+        assert answered.value.status == 413 and error["code"] == "body_too_large"
+        status = page.locator('#rows tr[data-name="big.png"] td.status')
+        status.filter(has_text="FAILURE").wait_for()
+        assert status.inner_text() == "FAILURE: body_too_large"
+        assert status.get_attribute("title") == error["message"]
+        assert error["message"] in page.locator('#failure-list li[data-name="big.png"]').inner_text()
+        assert "authorization" not in answered.value.request.headers
+        page.close()
+    finally:
+        gw.stop()
+
+
+def test_static_files_ship_in_the_package():
+    """pip install . carries every file the page route serves (pyproject's package-data)."""
+    import tomllib
+    from fnmatch import fnmatch
+
+    from genguard.gateway.routers import page
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = data["genguard.gateway"]
+    static = ROOT / "genguard" / "gateway" / "static"
+    for name in [*page.FILES, "index.html"]:
+        assert (static / name).is_file(), name
+        assert any(fnmatch(f"static/{name}", pattern) for pattern in patterns), name
