@@ -286,16 +286,18 @@ def test_review_a_mixed_batch(keyed, browser, tmp_path):
     assert page.locator("#rows tr").count() == 1 and page.locator("#rows tr").get_attribute("data-name") == "corrupt.png"
     page.select_option("#f-status", "")
 
-    # -- a dropped file goes the same way (one more request, one more row)
+    # -- a dropped file goes the same way (one more request, one more row); its name is shown as text
     with page.expect_response(lambda r: r.url.endswith("/v1/detect"), timeout=WAIT_MS) as answered:
         page.evaluate("""bytes => {
             const dt = new DataTransfer();
-            dt.items.add(new File([new Uint8Array(bytes)], "dropped.png", {type: "image/png"}));
+            dt.items.add(new File([new Uint8Array(bytes)], "<b>dropped</b>.png", {type: "image/png"}));
             document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true}));
         }""", list(files["noise-a.png"]))
     dropped = answered.value.json()["data"]
-    assert [d["name"] for d in dropped] == ["dropped.png"]
-    row = page.locator('#rows tr[data-name="dropped.png"]')
+    assert [d["name"] for d in dropped] == ["<b>dropped</b>.png"]
+    row = page.locator('#rows tr[data-name="<b>dropped</b>.png"]')
+    assert row.locator("td.name").inner_text() == "<b>dropped</b>.png"  # a name is text, never HTML
+    assert row.locator("td.name b").count() == 0
     row.locator("td.status", has_text="SUCCESS").wait_for()
     _check_number(row.locator("td.p .num"), dropped[0]["is_ai_generated"])
 
