@@ -278,6 +278,9 @@ def test_review_a_mixed_batch(keyed, browser, tmp_path):
         assert sorted((Path(s.path).name, s.label) for s in labelled.samples) == [("gradient.jpg", 1), ("noise-a.png", 0)]
         assert labelled.skipped == {"unsure or unlabelled": 1}
 
+    page.click(f'#rows tr[data-name="{target}"] td.name')
+    page.screenshot(path=str(SCREENSHOTS / "page-1280x800.png"))
+
     # -- sort by P(AI) (failures first), filter by status
     page.click("#grid th button[data-sort=p]")
     by_p = [page.locator("#rows tr").nth(i).get_attribute("data-name") for i in range(len(files))]
@@ -301,9 +304,7 @@ def test_review_a_mixed_batch(keyed, browser, tmp_path):
     row.locator("td.status", has_text="SUCCESS").wait_for()
     _check_number(row.locator("td.p .num"), dropped[0]["is_ai_generated"])
 
-    # -- screenshots (desktop with the detail view, phone width), then the origin check
-    page.click(f'#rows tr[data-name="{target}"] td.name')
-    page.screenshot(path=str(SCREENSHOTS / "page-1280x800.png"))
+    # -- phone width (the desktop screenshot was taken above), then the origin check
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # the page itself never scrolls sideways
     page.screenshot(path=str(SCREENSHOTS / "page-390-phone.png"), full_page=True)
