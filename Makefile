@@ -21,6 +21,8 @@ ORT_THREADS ?= 0
 FUSION ?=
 # C2PA trust anchors (a PEM bundle) for serve/repository: a valid manifest from a signer they anchor decides
 TRUST_ANCHORS ?=
+# provenance reading (JSON of ProvenanceConfig fields: full_text, excerpt_chars, limits, enabled)
+PROVENANCE ?=
 
 EXPORT_ARGS = --weights $(WEIGHTS) --build $(BUILD) $(if $(DETECTORS),--detectors $(DETECTORS)) \
 	$(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(foreach r,$(REVISIONS),--revision $(r)) $(foreach l,$(LABELS),--labels $(l))
@@ -63,7 +65,7 @@ quantize: setup
 # Render the Triton model repository for TARGET from build/onnx (prints where).
 repository: setup
 	$(BIN)/python -m genguard.export.repository --target $(TARGET) --build $(BUILD) $(if $(FUSION),--fusion $(FUSION)) \
-		$(if $(TRUST_ANCHORS),--trust-anchors $(TRUST_ANCHORS))
+		$(if $(TRUST_ANCHORS),--trust-anchors $(TRUST_ANCHORS)) $(if $(PROVENANCE),--provenance $(PROVENANCE))
 
 # Export what the build lacks or holds differently from WEIGHTS/CHECKPOINTS/LABELS/DETECTORS, render the cpu
 # repository of DETECTORS (default: all that apply), start tritonserver on 127.0.0.1:8000/8001/8002, wait ready.
@@ -71,7 +73,7 @@ serve: setup
 	$(BIN)/python -m genguard.server serve --weights $(WEIGHTS) --build $(BUILD) $(foreach c,$(CHECKPOINTS),--checkpoint $(c)) \
 		$(foreach r,$(REVISIONS),--revision $(r)) $(foreach l,$(LABELS),--labels $(l)) $(if $(DETECTORS),--detectors $(DETECTORS)) \
 		--ort-optimization $(ORT_OPT) --ort-threads $(ORT_THREADS) $(if $(INT8),--int8) $(if $(FUSION),--fusion $(FUSION)) \
-		$(if $(TRUST_ANCHORS),--trust-anchors $(TRUST_ANCHORS))
+		$(if $(TRUST_ANCHORS),--trust-anchors $(TRUST_ANCHORS)) $(if $(PROVENANCE),--provenance $(PROVENANCE))
 
 stop:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m genguard.server stop --build $(BUILD); fi

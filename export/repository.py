@@ -612,6 +612,8 @@ def main(argv=None) -> int:
     parser.add_argument("--fusion", type=Path, default=None, help="JSON file of FusionConfig fields")
     parser.add_argument("--trust-anchors", type=Path, default=None,
                         help="PEM bundle of C2PA trust anchors (default: none; valid manifests are 'untrusted')")
+    parser.add_argument("--provenance", type=Path, default=None,
+                        help="JSON of ProvenanceConfig fields (full_text, excerpt_chars, limits, enabled)")
     files = parser.add_mutually_exclusive_group()
     files.add_argument("--copy", dest="copy", action="store_const", const=True, default=None,
                        help="copy model.onnx files (default for the GPU targets: a self-contained repository)")
@@ -626,7 +628,9 @@ def main(argv=None) -> int:
     gpu_args.add_argument("--ort-cache", default=GpuOptions.ort_cache, help="onnx-gpu: ORT TensorRT EP engine cache")
     args = parser.parse_args(argv)
     fusion = FusionConfig.from_json(args.fusion.read_text()) if args.fusion else FusionConfig()
-    provenance = ProvenanceConfig(trust_anchors=args.trust_anchors.read_text() if args.trust_anchors else "")
+    provenance = ProvenanceConfig.from_json(args.provenance.read_text()) if args.provenance else ProvenanceConfig()
+    if args.trust_anchors:
+        provenance = dataclasses.replace(provenance, trust_anchors=args.trust_anchors.read_text())
     gpu = GpuOptions(instances=args.instances, gpus=tuple(int(g) for g in args.gpus.split(",") if g.strip()),
                      opt_batch=args.opt_batch, verify=args.verify, ort_cache=args.ort_cache)
     try:

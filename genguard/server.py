@@ -201,14 +201,20 @@ def serve(args) -> int:
                 print(f"fusion configuration {args.fusion}: {exc}", file=sys.stderr)
                 return 1
         extra = {"fusion": fusion} if fusion else {}
-        if getattr(args, "trust_anchors", None):
+        if getattr(args, "trust_anchors", None) or getattr(args, "provenance", None):
+            import dataclasses
+
             from genguard.provenance import ProvenanceConfig
 
-            try:  # a PEM bundle of C2PA trust anchors
-                extra["provenance"] = ProvenanceConfig(trust_anchors=Path(args.trust_anchors).read_text())
-            except OSError as exc:
-                print(f"trust anchors {args.trust_anchors}: {exc}", file=sys.stderr)
+            try:  # JSON of ProvenanceConfig fields; a PEM bundle of C2PA trust anchors
+                provenance = (ProvenanceConfig.from_json(Path(args.provenance).read_text()) if args.provenance
+                              else ProvenanceConfig())
+                if args.trust_anchors:
+                    provenance = dataclasses.replace(provenance, trust_anchors=Path(args.trust_anchors).read_text())
+            except (OSError, ValueError, TypeError) as exc:
+                print(f"provenance configuration: {exc}", file=sys.stderr)
                 return 1
+            extra["provenance"] = provenance
         repository = render("cpu", build, cpu=cpu, detectors=wanted, **extra)
     except RepositoryError as exc:
         print(exc, file=sys.stderr)
@@ -373,6 +379,8 @@ def main(argv=None) -> int:
                          help="JSON of FusionConfig fields (e.g. written by `genguard calibrate`)")
     serve_p.add_argument("--trust-anchors", default=None, metavar="PEM",
                          help="C2PA trust anchors (PEM bundle); without: valid manifests are 'untrusted'")
+    serve_p.add_argument("--provenance", default=None, metavar="FILE",
+                         help="JSON of ProvenanceConfig fields (full_text, excerpt_chars, limits, enabled)")
     serve_p.add_argument("--ort-optimization", default="all", choices=("disable", "basic", "extended", "all"))
     serve_p.add_argument("--ort-threads", type=int, default=0, help="intra-op threads per detector (0: ORT default)")
     args = parser.parse_args(argv)

@@ -362,3 +362,21 @@ def test_client_result_carries_provenance_and_keeps_a_decision_under_any_thresho
         {("opensdi_flux", "flux"): [0.0, 3.0], ("sumsub_sd", "sd"): [0.0, 3.0]}), 0, "y.jpg")
     assert undecided.decided_by is None and undecided.provenance["signals"][0]["kind"] == "camera"
     assert undecided.with_threshold(0.999).verdict == "not_ai_generated"  # the threshold still applies
+
+
+def test_repository_cli_renders_trust_anchors_and_the_provenance_file(tiny_build, tmp_path, cas):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from genguard.export.repository import main
+
+    anchors, settings = tmp_path / "anchors.pem", tmp_path / "provenance.json"
+    anchors.write_text(cas[0].pem)
+    settings.write_text('{"full_text": true, "limits": {"max_text_chunks": 5}}')
+    out = tmp_path / "repo"
+    assert main(["--build", str(tiny_build), "--out", str(out), "--trust-anchors", str(anchors),
+                 "--provenance", str(settings)]) == 0
+    config = text_format.Parse((out / "preprocess" / "config.pbtxt").read_text(), mc.ModelConfig())
+    rendered = ProvenanceConfig.from_json(config.parameters["provenance"].string_value)
+    assert rendered == ProvenanceConfig(trust_anchors=cas[0].pem, full_text=True,
+                                        limits=MetadataLimits(max_text_chunks=5))
