@@ -157,6 +157,10 @@ def test_limits_are_configurable_and_time_spent_skips_later_stages():
     assert len(few["signals"]) == 1 and any("past the first 1" in n for n in few["notes"])
     tiny = Extractor(ProvenanceConfig(limits=MetadataLimits(max_inflated_bytes=100))).extract(data)
     assert tiny["signals"] == [] and len(tiny["notes"]) == 3
+    many = F.jpeg_with_segments(F.picture(), *[(0xE1, b"http://ns.adobe.com/xap/1.0/\0" + F.xmp_packet(
+        creator_tool=f"Midjourney v{i}")) for i in range(100)])
+    capped = Extractor().extract(many)
+    assert len(capped["signals"]) == 64 and "136 signals past the first 64 left out" in capped["notes"]
     spent = Extractor(ProvenanceConfig(limits=MetadataLimits(max_seconds=0.0)))
     result = spent.extract(F.png_with_text(("tEXt", "parameters", F.WEBUI_PARAMETERS)))
     assert result["signals"] == [] and any("time limit" in n for n in result["notes"])

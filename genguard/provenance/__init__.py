@@ -122,4 +122,8 @@ class Extractor:
                 result["notes"].append(f"EXIF skipped: {type(exc).__name__}")
         if blocks.texts and not over_time("text"):
             signals += text.signals(blocks.texts, "text", chars)
+        if len(signals) > limits.max_signals:
+            result["notes"].append(f"{len(signals) - limits.max_signals} signals past the first "
+                                   f"{limits.max_signals} left out")
+            del signals[limits.max_signals:]
         return result

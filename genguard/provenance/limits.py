@@ -14,3 +14,4 @@ class MetadataLimits:
     max_blocks: int = 20_000             # container segments/chunks walked per image
     max_c2pa_bytes: int = 16 << 20       # embedded C2PA (JUMBF) bytes the manifest reader is given
     max_seconds: float = 0.5             # time per image: stages not yet run when it is spent are skipped
+    max_signals: int = 64                # signals reported per image (the answer stays small)
