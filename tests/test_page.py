@@ -340,6 +340,25 @@ def test_page_without_keys_and_a_refused_request(triton, browser, tmp_path):
         assert status.get_attribute("title") == error["message"]
         assert error["message"] in page.locator('#failure-list li[data-name="big.png"]').inner_text()
         assert "authorization" not in answered.value.request.headers
+        # a picked folder (hidden files skipped, names keep the folder) and a pasted image, small enough to pass
+        folder = tmp_path / "shots"
+        folder.mkdir()
+        for name, seed in (("a.png", 11), ("b.png", 12), (".hidden.png", 13)):
+            (folder / name).write_bytes(png(seed, (8, 8)))
+        with page.expect_response(lambda r: r.url.endswith("/v1/detect"), timeout=WAIT_MS) as answered:
+            page.set_input_files("#pick-folder", str(folder))
+        assert sorted(d["name"] for d in answered.value.json()["data"]) == ["shots/a.png", "shots/b.png"]
+        with page.expect_response(lambda r: r.url.endswith("/v1/detect"), timeout=WAIT_MS) as answered:
+            page.evaluate("""bytes => {
+                const dt = new DataTransfer();
+                dt.items.add(new File([new Uint8Array(bytes)], "pasted.png", {type: "image/png"}));
+                document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: dt, bubbles: true}));
+            }""", list(png(14, (8, 8))))
+        assert [d["status"] for d in answered.value.json()["data"]] == ["SUCCESS"]
+        page.locator("#progress-box").wait_for(state="hidden")
+        names = [page.locator("#rows tr").nth(i).get_attribute("data-name") for i in range(page.locator("#rows tr").count())]
+        assert (names[0], sorted(names[1:3]), names[3:]) == ("big.png", ["shots/a.png", "shots/b.png"], ["pasted.png"])
+        assert page.locator("#rows td.status", has_text="SUCCESS").count() == 3
         page.close()
     finally:
         gw.stop()
