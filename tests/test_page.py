@@ -223,8 +223,13 @@ def test_review_a_mixed_batch(keyed, browser, tmp_path):
         assert shown.count() == len(signals)
         for i, signal in enumerate(signals):
             assert signal["kind"] in shown.nth(i).inner_text() and signal["source"] in shown.nth(i).inner_text()
+        assert detail.locator('[data-block=provenance-facts] [data-key="effect"] dd').inner_text() \
+            == doc["provenance"]["effect"]
         assert detail.locator("#d-explanations").is_hidden()  # nothing is drawn until answers carry explanations
-    assert any(s["kind"] == "ai_generated" for s in docs["webui.png"]["provenance"]["signals"])
+    webui = next(s for s in docs["webui.png"]["provenance"]["signals"] if s["kind"] == "ai_generated")
+    page.click('#rows tr[data-name="webui.png"] td.name')
+    line = page.locator("[data-block=provenance] li.signal", has_text=webui["detail"]["tool"])
+    assert line.count() == 1 and "a lighthouse at dusk" in line.inner_text()  # the prompt excerpt, as sent
 
     # -- the failure in the detail view
     page.click('#rows tr[data-name="corrupt.png"] td.name')

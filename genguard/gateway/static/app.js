@@ -419,13 +419,25 @@ function provenance(p) {
   const c2pa = p.c2pa || {};
   const section = el("section", {"data-block": "provenance"}, el("h3", {text: "Provenance"}),
     facts([["declares AI", String(Boolean(p.declares_ai))], ["generator", p.generator], ["effect", p.effect],
-      ["policy", p.policy], ["C2PA", c2pa.present ? (c2pa.state || "present") : "none"],
+      ["policy", p.policy], ["C2PA", c2pa.present ? (c2pa.state || "present") + ((c2pa.failures || []).length ? ` (${c2pa.failures.join(", ")})` : "") : "none"],
+      ["signer", c2pa.signer ? (c2pa.signer.common_name || c2pa.signer.issuer || JSON.stringify(c2pa.signer)) : null],
+      ["decided by", p.decided_by],
       ["looked for", (p.looked_for || []).join(", ") || "nothing"]], "provenance-facts"));
   const signals = p.signals || [];
   section.append(el("ul", {class: "signals"}, signals.length ? signals.map((s) => el("li", {class: "signal"},
     el("code", {text: s.source}), " ", el("strong", {text: s.kind}), s.generator ? ` · ${s.generator}` : "",
-    s.detail ? ` · ${typeof s.detail === "string" ? s.detail : JSON.stringify(s.detail)}` : "")) : el("li", {text: "no signals"})));
+    s.detail ? ` · ${signalDetail(s.detail)}` : "")) : el("li", {text: "no signals"})));
   return section;
+}
+
+// A signal's detail as one line: its scalar fields (a prompt excerpt cut to 160 characters), lists joined.
+function signalDetail(detail) {
+  if (typeof detail !== "object") return String(detail);
+  return Object.entries(detail).filter(([, v]) => v !== null && v !== undefined && v !== "").map(([k, v]) => {
+    let text = Array.isArray(v) ? v.join(", ") : typeof v === "object" ? JSON.stringify(v) : String(v);
+    if (text.length > 160) text = text.slice(0, 159) + "…";
+    return `${k}: ${text}`;
+  }).join("; ");
 }
 
 // ---- labels and export ----------------------------------------------------------------------------
