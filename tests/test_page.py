@@ -293,6 +293,17 @@ def test_review_a_mixed_batch(keyed, browser, tmp_path):
     page.select_option("#f-status", "FAILURE")
     assert page.locator("#rows tr").count() == 1 and page.locator("#rows tr").get_attribute("data-name") == "corrupt.png"
     page.select_option("#f-status", "")
+    source = docs["webui.png"]["source"]
+    page.select_option("#f-source", source)
+    page.fill("#f-p", repr(docs["webui.png"]["is_ai_generated"]))
+    shown = [page.locator("#rows tr").nth(i).get_attribute("data-name") for i in range(page.locator("#rows tr").count())]
+    assert shown == sorted((n for n in good if docs[n]["source"] == source
+                            and docs[n]["is_ai_generated"] >= docs["webui.png"]["is_ai_generated"]),
+                           key=lambda n: docs[n]["is_ai_generated"])
+    assert "webui.png" in shown
+    page.select_option("#f-source", "")
+    page.fill("#f-p", "")
+    assert page.locator("#rows tr").count() == len(files)
 
     # -- a dropped file goes the same way (one more request, one more row); its name is shown as text
     with page.expect_response(lambda r: r.url.endswith("/v1/detect"), timeout=WAIT_MS) as answered:

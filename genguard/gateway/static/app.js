@@ -259,8 +259,11 @@ const SORTS = {
 function visibleItems() {
   const verdict = $("f-verdict").value, status = $("f-status").value, nsfw = $("f-nsfw").value;
   const label = $("f-label").value, name = $("f-name").value.trim().toLowerCase();
+  const source = $("f-source").value, pMin = parseFloat($("f-p").value);
   let items = state.items.filter((i) =>
     (!verdict || (i.doc && i.doc.verdict === verdict))
+    && (!source || (i.doc && i.doc.source === source))
+    && (!Number.isFinite(pMin) || (i.doc && typeof i.doc.is_ai_generated === "number" && i.doc.is_ai_generated >= pMin))
     && (!status || statusOf(i) === status)
     && (!nsfw || nsfwLevel(i) === nsfw)
     && (!label || (label === "none" ? !i.label : i.label === label))
@@ -282,7 +285,16 @@ function thumb(item, big) {
   return img;
 }
 
+// The source filter offers the sources the answers named so far.
+function sourceOptions() {
+  const select = $("f-source");
+  const have = new Set([...select.options].map((o) => o.value));
+  const names = [...new Set(state.items.map((i) => i.doc && i.doc.source).filter(Boolean))].sort();
+  for (const name of names) if (!have.has(name)) select.append(el("option", {value: name, text: name}));
+}
+
 function render() {
+  sourceOptions();
   const rows = $("rows");
   rows.replaceChildren();
   for (const item of visibleItems()) {
@@ -525,7 +537,7 @@ function init() {
   for (const id of ["pick-files", "pick-folder"]) {
     $(id).addEventListener("change", (e) => { addFiles([...e.target.files]); e.target.value = ""; });
   }
-  for (const id of ["f-verdict", "f-status", "f-nsfw", "f-label", "f-name"]) $(id).addEventListener("input", render);
+  for (const id of ["f-verdict", "f-p", "f-source", "f-status", "f-nsfw", "f-label", "f-name"]) $(id).addEventListener("input", render);
   for (const id of ["blur-level", "blur-threshold"]) {
     $(id).addEventListener("input", () => { $("blur-level").dataset.touched = "1"; render(); });
   }
