@@ -323,6 +323,7 @@ def test_review_a_mixed_batch(keyed, browser, tmp_path):
     # -- phone width (the desktop screenshot was taken above), then the origin check
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # the page itself never scrolls sideways
+    assert page.locator(".results").evaluate("e => e.scrollWidth <= e.clientWidth")  # nor does the grid
     page.screenshot(path=str(SCREENSHOTS / "page-390-phone.png"), full_page=True)
 
     origin = urlsplit(keyed.url)
