@@ -251,6 +251,12 @@ def test_review_a_mixed_batch(keyed, browser, tmp_path):
     labels = {n: page.locator(f'#rows tr[data-name="{n}"] td.label').inner_text() for n in files}
     expected = {"gradient.jpg": "ai", "noise-a.png": "real", "noise-b.png": "unsure"}
     assert labels == {n: expected.get(n, "") for n in files}
+    page.keyboard.press("Escape")  # closes the detail view; Enter on a focused row opens it
+    assert page.locator("#detail").is_hidden()
+    page.focus('#rows tr[data-name="noise-b.png"]')
+    page.keyboard.press("Enter")
+    assert page.locator("#detail").is_visible() and page.inner_text("#d-name") == "noise-b.png"
+    assert page.get_attribute('#d-labels button[data-label="unsure"]', "aria-pressed") == "true"
     page.select_option("#f-label", "real")
     assert [page.locator("#rows tr").nth(i).get_attribute("data-name") for i in range(page.locator("#rows tr").count())] \
         == ["noise-a.png"]
