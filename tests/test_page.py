@@ -339,6 +339,9 @@ def test_review_a_mixed_batch(keyed, browser, tmp_path):
     assert {urlsplit(u).path for u in requested if u.startswith(keyed.url)} >= {"/", "/static/app.js", "/static/app.css",
                                                                                 "/v1/models", "/v1/detect"}
     assert not errors, errors
+    page.reload()  # the key is kept for the tab: no prompt again
+    page.locator("#served", has_text="detectors:").wait_for()
+    assert page.locator("#key-dialog").is_hidden()
     context.close()
 
 
