@@ -291,7 +291,7 @@ def serve_gateway(build: Path, ports: Ports, port: int) -> str:
     except RuntimeError as exc:
         print(f"GenGuard's REST gateway failed to start (Triton is up without it): {exc}", file=sys.stderr)
         return "\n  REST    not running (see above)"
-    return f"\n  REST    {url}   docs {url}/docs   (log {build / 'gateway.log'})"
+    return f"\n  REST    {url}   reviewer page {url}/   docs {url}/docs   (log {build / 'gateway.log'})"
 
 
 def stop_gateway(build: Path) -> None:
