@@ -323,7 +323,13 @@ def test_cpu_preprocess_and_gpu_validate_report_the_same_provenance(monkeypatch,
                 "validate": validate_config(4, DecodeLimits(), provenance=config)}
     reported = {}
     for name, model_config in rendered.items():
-        module = importlib.import_module(f"genguard.triton_models.{name}")
+        # a fresh import bound to this fake, dropped afterwards (monkeypatch restores any earlier one), so no
+        # other test gets a model module bound to it
+        monkeypatch.delitem(sys.modules, f"genguard.triton_models.{name}", raising=False)
+        try:
+            module = importlib.import_module(f"genguard.triton_models.{name}")
+        finally:
+            sys.modules.pop(f"genguard.triton_models.{name}", None)
         model = module.TritonPythonModel()
         params = {k: {"string_value": v.string_value} for k, v in model_config.parameters.items()}
         model.initialize({"model_config": json.dumps({"parameters": params}), "model_name": name})
