@@ -367,6 +367,10 @@ def test_client_result_carries_provenance_and_keeps_a_decision_under_any_thresho
     result = Result.from_json(doc, 0, "x.jpg")
     assert result.decided_by == "c2pa" and result.provenance["effect"] == "decided"
     assert result.verdict == "not_ai_generated" and result.with_threshold(0.0).verdict == "not_ai_generated"
+    from genguard.client import hive_view
+
+    assert hive_view([result]) == {"data": [{"index": 0, "is_ai_generated": 0.0, "status": "SUCCESS",
+                                             "possible_sources": doc["possible_sources"]}]}  # Hive's shape
     undecided = Result.from_json(Fuser([FLUX, SD], FusionConfig(), {}).answer(
         0, {"ok": True, "provenance": declaration("exif", kind="camera")},
         {("opensdi_flux", "flux"): [0.0, 3.0], ("sumsub_sd", "sd"): [0.0, 3.0]}), 0, "y.jpg")
