@@ -2,14 +2,4 @@
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
-
-def sha256_file(path: Path) -> str:
-    """Streaming sha256 of a file (ONNX models and engines are hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from genguard.checksums import sha256_file  # noqa: F401 (the runtime checks the same hash at load)

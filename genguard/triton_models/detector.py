@@ -5,7 +5,6 @@ file is missing, unreadable, is not the file whose parity check the renderer ver
 disagrees with the config (detector, heads, weights provenance).
 """
 
-import hashlib
 import json
 import os
 import sys
@@ -15,18 +14,11 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from genguard import onnx_runtime, protocol
+from genguard.checksums import sha256_file
 
 
 def parameters(config: dict) -> dict[str, str]:
     return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class TritonPythonModel:
@@ -40,7 +32,7 @@ class TritonPythonModel:
                 f"{self.name}: {path} is missing; export it first (make export, or make export WEIGHTS=random)"
             )
         expected = params.get("onnx_sha256", "")
-        if expected and _sha256(path) != expected:
+        if expected and sha256_file(path) != expected:
             raise pb_utils.TritonModelException(
                 f"{self.name}: {path} changed since the repository was rendered: it is not the model that passed "
                 "its parity check (sha256 differs); render the repository again (make serve / make repository)"
