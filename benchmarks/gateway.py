@@ -61,15 +61,11 @@ def tree_cpu(pid: int | None) -> float:
 
 
 def find_triton(grpc_port: int) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if cmd and cmd[0].endswith(b"tritonserver") and f"--grpc-port={grpc_port}".encode() in cmd:
-                return int(entry.name)
-    return None
+    from .soak import find_tritonserver
+
+    return find_tritonserver("--grpc-port", grpc_port)
+
+
 HIVE = "/v1/cv/hive/ai-generated-image-detection"
 
 

@@ -55,17 +55,22 @@ def tree_memory_bytes(pid: int) -> int:
     return total
 
 
-def find_server_pid(http_port: int) -> int | None:
-    """The tritonserver whose command line names this HTTP port."""
+def find_tritonserver(flag: str, port: int) -> int | None:
+    """The tritonserver whose command line has `flag=port` (e.g. --http-port=8000)."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmd = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if cmd and cmd[0].endswith(b"tritonserver") and f"--http-port={http_port}".encode() in cmd:
+            if cmd and cmd[0].endswith(b"tritonserver") and f"{flag}={port}".encode() in cmd:
                 return int(entry.name)
     return None
+
+
+def find_server_pid(http_port: int) -> int | None:
+    """The tritonserver whose command line names this HTTP port."""
+    return find_tritonserver("--http-port", http_port)
 
 
 @dataclass

@@ -6,7 +6,6 @@ disagrees with the config (detector, heads, weights provenance).
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
