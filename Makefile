@@ -70,7 +70,7 @@ repository: setup
 # Export what the build lacks or holds differently from WEIGHTS/CHECKPOINTS/LABELS/DETECTORS, render the cpu
 # repository of DETECTORS (default: all that apply), start tritonserver on 127.0.0.1:8000/8001/8002, wait ready.
 serve: setup
-	$(BIN)/python -m genguard.server serve --weights $(WEIGHTS) --build $(BUILD) $(foreach c,$(CHECKPOINTS),--checkpoint $(c)) \
+	$(BIN)/python -m genguard.export.serve --weights $(WEIGHTS) --build $(BUILD) $(foreach c,$(CHECKPOINTS),--checkpoint $(c)) \
 		$(foreach r,$(REVISIONS),--revision $(r)) $(foreach l,$(LABELS),--labels $(l)) $(if $(DETECTORS),--detectors $(DETECTORS)) \
 		--ort-optimization $(ORT_OPT) --ort-threads $(ORT_THREADS) $(if $(INT8),--int8) $(if $(FUSION),--fusion $(FUSION)) \
 		$(if $(TRUST_ANCHORS),--trust-anchors $(TRUST_ANCHORS)) $(if $(PROVENANCE),--provenance $(PROVENANCE))

@@ -11,7 +11,7 @@ Rows (each with its measurement, its bound and ok/FAIL):
               images whose reference top-1 leads by more than the tolerance (bound MIN_TOP1).
   dali        per input spec: the GPU preprocess pipeline (nvJPEG "mixed" decode, resize, crop,
               normalise) vs genguard.preprocess on the 23 sample images, in 8-bit levels
-              (bounds: genguard.export.dali.level_bounds, measured on CPU, + JPEG_GPU_EXTRA on JPEGs).
+              (bounds: genguard.dali.level_bounds, measured on CPU, + JPEG_GPU_EXTRA on JPEGs).
   throughput  the `genguard` ensemble through a running GPU tritonserver (the image), perf_analyzer at a
               few concurrencies, images/s and p99 latency (no bound: recorded).
 
@@ -298,7 +298,7 @@ def check_engines(build: Path, machine: trt.Machine, workdir: Path, log=print, c
 
 def dali_levels(out: np.ndarray, ref: np.ndarray, spec: specs.InputSpec) -> np.ndarray:
     """|Δ| in 8-bit levels of the normalised tensor, less float32 rounding noise."""
-    from genguard.export.dali import LEVEL_EPS
+    from genguard.dali import LEVEL_EPS
 
     d = np.abs(out - ref) * np.asarray(spec.std, np.float32)[:, None, None] * 255
     return np.maximum(d - LEVEL_EPS, 0)
@@ -306,7 +306,8 @@ def dali_levels(out: np.ndarray, ref: np.ndarray, spec: specs.InputSpec) -> np.n
 
 def dali_gpu_outputs(device_id: int = 0):
     """(names, images, params, outputs[input][image]) of the GPU pipeline on the 23 sample images."""
-    from genguard.export import dali, samples
+    from genguard import dali
+    from genguard.export import samples
 
     images = samples.all_images()
     names = list(images)
@@ -322,7 +323,7 @@ def dali_gpu_outputs(device_id: int = 0):
 def check_dali(log=print) -> list[Row]:
     import nvidia.dali
 
-    from genguard.export.dali import level_bounds
+    from genguard.dali import level_bounds
     from genguard.preprocess import preprocess_bytes
 
     log(f"dali: {nvidia.dali.__version__}")

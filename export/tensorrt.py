@@ -15,7 +15,7 @@ H200 (all 9.0) sharing one cache volume each get their own plans.
 A restart finds its engines; another GPU or TensorRT computes another key and builds; a new ONNX export
 (another sha256) builds. `check` refuses a repository whose plans' metadata don't match this machine.
 
-The rendered repository (export/repository.py, target tensorrt) carries per detector
+The rendered repository (export/repository/, target tensorrt) carries per detector
 `onnx/model.onnx` and `onnx/engine.json` (the recipe: input, shape, profile, precision); Triton ignores
 non-numeric folders. `build` links `1/model.plan` (+ `1/model.plan.json`) to the cached engine.
 

@@ -36,7 +36,7 @@ class InputSpec:
                    "drop_then_white" = both in turn, as the OpenSDI card does (convert("RGB"), then
                    its processor, which whitens the colour a palette image marks transparent).
     exif_transpose: apply EXIF orientation. The references don't (PIL.Image.open ignores it), so
-                   parity needs False; DALI applies it by default (see export/dali.py).
+                   parity needs False; DALI applies it by default (see genguard/dali.py).
     """
 
     name: str

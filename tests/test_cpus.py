@@ -62,5 +62,7 @@ def test_cgroup_v1_quota(tmp_path):
 def test_the_decode_pools_use_the_quota_unless_configured(model):
     from pathlib import Path
 
-    source = (Path(__file__).parents[1] / "genguard" / "triton_models" / f"{model}.py").read_text()
-    assert "available_cpus()" in source and "os.cpu_count()" not in source
+    models = Path(__file__).parents[1] / "genguard" / "triton_models"
+    source, common = (models / f"{model}.py").read_text(), (models / "common.py").read_text()
+    assert "worker_pool(" in source and "os.cpu_count()" not in source + common
+    assert "available_cpus()" in common

@@ -253,7 +253,7 @@ def test_production_flags_come_from_server_args():
     assert f"--http-port={server.HTTP_PORT}" in args and f"--grpc-port={server.GRPC_PORT}" in args
     assert f"--metrics-port={server.METRICS_PORT}" in args and "--http-address=0.0.0.0" in args
     # `make serve` starts the server through genguard.server too
-    assert re.search(r"^serve:.*\n(\t.*\n)*\t.*-m genguard\.server serve", (ROOT / "Makefile").read_text(), re.M)
+    assert re.search(r"^serve:.*\n(\t.*\n)*\t.*-m genguard\.export\.serve", (ROOT / "Makefile").read_text(), re.M)
 
 
 def test_entrypoint_takes_its_flags_from_genguard_server():

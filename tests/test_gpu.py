@@ -5,7 +5,7 @@ preprocessing, perf_analyzer through a running GPU server. The same code as `mak
 They skip only where there is no GPU (no driver, or the driver sees none). On a machine with a GPU every
 error fails: a missing TensorRT/trtexec or DALI, a CUDA error, a missed bound. Bounds: max |Δprob| <=
 genguard.export.tensorrt.PROB_TOLERANCE[precision] (FP32 1e-3, FP16 1e-2, BF16 3e-2) and top-1
-agreement >= 0.9 on decided images; DALI within genguard.export.dali.level_bounds (+2 levels on JPEGs).
+agreement >= 0.9 on decided images; DALI within genguard.dali.level_bounds (+2 levels on JPEGs).
 """
 
 from __future__ import annotations

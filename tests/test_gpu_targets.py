@@ -20,8 +20,8 @@ from google.protobuf import text_format
 from PIL import Image
 from tritonclient.grpc import model_config_pb2 as mc
 
-from genguard import protocol, specs
-from genguard.export import dali, samples
+from genguard import dali, protocol, specs
+from genguard.export import samples
 from genguard.export import tensorrt as trt
 from genguard.export.repository import main, render
 from genguard.preprocess import DecodeLimits, center_crop_box, preprocess_bytes, shorter_side_size, without_png_text
@@ -172,7 +172,7 @@ def test_dali_preprocess_model(repos, target):
     assert [o.name for o in config.output] == [protocol.pixels_tensor(p.name) for p in params]
     assert [list(o.dims) for o in config.output] == [[3, *p.size] for p in params]
     assert params == dali.pipeline_parameters(INPUTS)
-    assert not config.HasField("dynamic_batching")  # a DALI batch is one request (see export/dali.py)
+    assert not config.HasField("dynamic_batching")  # a DALI batch is one request (see genguard/dali.py)
     assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
     source = (folder / "1" / "dali.py").read_text()
     assert source.count("@autoserialize") == 1 and 'device="gpu"' in source
@@ -361,7 +361,7 @@ def test_validate_model_answers_a_batch_with_bad_images(monkeypatch, repos):
 
 # Measured bounds in 8-bit levels (|Δ| of the normalised tensor x std x 255), DALI CPU vs genguard.preprocess
 # on the 23 sample images (DALI's resampling is not Pillow's), with looser measured bounds for grey16.png
-# and the OpenSDI spec on palette.png: genguard.export.dali.LEVELS / LEVEL_EXCEPTIONS.
+# and the OpenSDI spec on palette.png: genguard.dali.LEVELS / LEVEL_EXCEPTIONS.
 
 
 def dockerfile_args() -> dict[str, str]:
@@ -701,7 +701,7 @@ def test_dockerfile_pins_an_ngc_release_whose_dali_the_tests_run():
         doc = (ROOT / name).read_text()
         assert all(v in doc for v in ("26.06", "2.70.0", "2.1.1", "1.24.4", "13.3.0")), name
     # the build fails on a pipeline the container's DALI can't build, not the first start
-    assert re.search(r"python3 -m genguard\.export\.dali serialize --expect-version \"\$\{DALI_VERSION\}\"", text)
+    assert re.search(r"python3 -m genguard\.dali serialize --expect-version \"\$\{DALI_VERSION\}\"", text)
     assert "GENGUARD_ENGINE_CACHE=/engine-cache" in text
     for port in ("8000", "8001", "8002"):
         assert port in re.search(r"^EXPOSE (.+)$", text, re.M).group(1)
@@ -868,7 +868,7 @@ for blocked in ('tensorrt', 'nvidia.dali'):
         pass
     else:
         raise SystemExit(blocked + ' was importable: the block failed')
-import genguard.export.tensorrt, genguard.export.dali, genguard.export.repository, genguard.export.gpu_check
+import genguard.export.tensorrt, genguard.dali, genguard.export.repository, genguard.export.gpu_check
 from genguard.export.repository import dali_preprocess_config, validate_config
 print('ok')
 """

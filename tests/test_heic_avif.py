@@ -11,8 +11,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from PIL import Image
 
-from genguard import protocol, specs
-from genguard.export import dali, samples
+from genguard import dali, protocol, specs
+from genguard.export import samples
 from genguard.preprocess import DecodeLimits, ImageRejected, decode, preprocess_bytes
 
 FORMATS = ("HEIF", "AVIF")

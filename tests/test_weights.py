@@ -306,7 +306,7 @@ def test_offline_default_export_serves_real_weights_and_names_the_revision(tiny_
 
     build = tmp_path / "build"
     ports = free_ports(3)
-    serve = [sys.executable, "-m", "genguard.server", "serve", "--build", str(build), "--timeout", "240",
+    serve = [sys.executable, "-m", "genguard.export.serve", "--build", str(build), "--timeout", "240",
              "--gateway-port", "0",  # Triton alone (the REST gateway's fixed port may be taken here)
              "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
     for name, path in local.items():

@@ -6,7 +6,6 @@ disagrees with the config (detector, heads, weights provenance).
 """
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +13,12 @@ import triton_python_backend_utils as pb_utils
 
 from genguard import onnx_runtime, protocol
 from genguard.checksums import sha256_file
-
-
-def parameters(config: dict) -> dict[str, str]:
-    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+from genguard.triton_models.common import model_config, parameters, warn_loudly
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
+        config = model_config(args)
         params = parameters(config)
         self.name = args["model_name"]
         path = Path(args["model_repository"]) / args["model_version"] / params["onnx_file"]
@@ -60,8 +56,7 @@ class TritonPythonModel:
         if params["weights"] == "random":
             message = (f"RANDOM WEIGHTS: detector {self.name} serves random weights (checkpoint "
                        f"{meta.get('checkpoint')}); its scores are meaningless")
-            pb_utils.Logger.log_warn(message)
-            print("!" * 20 + " " + message + " " + "!" * 20, file=sys.stderr, flush=True)
+            warn_loudly(pb_utils, message)
 
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, protocol.DETECTOR_INPUT).as_numpy() for r in requests]

@@ -1,7 +1,6 @@
 """GenGuard `postprocess` (python backend): head logits + IMAGE_INFO -> per-image JSON and tensors."""
 
 import json
-import sys
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -9,10 +8,7 @@ import triton_python_backend_utils as pb_utils
 from genguard import protocol, specs
 from genguard.fusion import FusionConfig, Fuser
 from genguard.triton_models import metrics
-
-
-def parameters(config: dict) -> dict[str, str]:
-    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+from genguard.triton_models.common import model_config, parameters, warn_loudly
 
 
 def detector_specs(heads_by_detector: dict[str, dict[str, list[str]]]) -> list[specs.DetectorSpec]:
@@ -28,7 +24,7 @@ def detector_specs(heads_by_detector: dict[str, dict[str, list[str]]]) -> list[s
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
+        config = model_config(args)
         params = parameters(config)
         self.detectors = detector_specs(json.loads(params["detectors"]))
         self.fuser = Fuser(self.detectors, FusionConfig.from_json(params.get("fusion", "")),
@@ -37,8 +33,7 @@ class TritonPythonModel:
         self.metrics = metrics.AnswerMetrics(pb_utils, json.loads(params["weights"]), self.fuser.sources,
                                              self.fuser.nsfw)
         for warning in self.fuser.warnings:
-            pb_utils.Logger.log_warn(warning)
-            print("!" * 20 + " " + warning + " " + "!" * 20, file=sys.stderr, flush=True)
+            warn_loudly(pb_utils, warning)
 
     def execute(self, requests):
         return [self._answer(request) for request in requests]

@@ -4,34 +4,24 @@ Never fails a batch for one image: a refused image gets zeros and a FAILURE in I
 """
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from genguard import protocol, specs
-from genguard.cpus import available_cpus
-from genguard.preprocess import DecodeLimits, ImageRejected, encoded_extent, preprocess_bytes
+from genguard.preprocess import ImageRejected, encoded_extent, preprocess_bytes
 from genguard.provenance import Extractor, ProvenanceConfig
 from genguard.triton_models import metrics
-
-
-def parameters(config: dict) -> dict[str, str]:
-    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+from genguard.triton_models.common import decode_limits, model_config, parameters, worker_pool
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = parameters(json.loads(args["model_config"]))
+        params = parameters(model_config(args))
         known = specs.distinct_inputs(specs.DETECTORS.values())
         self.inputs = {name: known[name] for name in params["inputs"].split(",")}
-        limits = json.loads(params.get("limits", "{}"))
-        if "formats" in limits:
-            limits["formats"] = tuple(limits["formats"])
-        self.limits = DecodeLimits(**limits)
-        # Pillow releases the GIL while decoding and resizing, so threads decode images in parallel.
-        threads = int(params.get("decode_threads", "0")) or available_cpus()  # the container's quota, not the node
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        self.limits = decode_limits(params)
+        self.pool = worker_pool(params.get("decode_threads", "0"), "decode")
         self.metrics = metrics.RefusalMetrics(pb_utils, args["model_name"])
         self.provenance = Extractor(ProvenanceConfig.from_json(params.get("provenance", "")))
 

@@ -1,38 +1,29 @@
 """GenGuard `validate` (python backend), first step of the GPU targets: what DALI may decode.
 
 One undecodable image makes a DALI pipeline throw for its whole batch, so every image is screened here
-first with the CPU target's header checks (genguard.export.dali.screen). A refused image becomes a tiny
+first with the CPU target's header checks (genguard.dali.screen). A refused image becomes a tiny
 valid placeholder and a FAILURE in IMAGE_INFO (which postprocess answers), so its neighbours are answered.
 """
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from genguard import protocol
-from genguard.export.dali import DALI_INPUT, pack, screen
-from genguard.cpus import available_cpus
-from genguard.preprocess import DecodeLimits, encoded_extent
+from genguard.dali import DALI_INPUT, pack, screen
+from genguard.preprocess import encoded_extent
 from genguard.provenance import Extractor, ProvenanceConfig
 from genguard.triton_models import metrics
-
-
-def parameters(config: dict) -> dict[str, str]:
-    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+from genguard.triton_models.common import decode_limits, model_config, parameters, worker_pool
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = parameters(json.loads(args["model_config"]))
-        limits = json.loads(params.get("limits", "{}"))
-        if "formats" in limits:
-            limits["formats"] = tuple(limits["formats"])
-        self.limits = DecodeLimits(**limits)
+        params = parameters(model_config(args))
+        self.limits = decode_limits(params)
         self.verify = params.get("verify", "header")
-        threads = int(params.get("threads", "0")) or available_cpus()  # the container's quota, not the node
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="screen")
+        self.pool = worker_pool(params.get("threads", "0"), "screen")
         self.metrics = metrics.RefusalMetrics(pb_utils, args["model_name"])
         self.provenance = Extractor(ProvenanceConfig.from_json(params.get("provenance", "")))
 
@@ -43,7 +34,7 @@ class TritonPythonModel:
                 screened.info["provenance"] = self.provenance.extract(encoded_extent(data))
             return screened
         except Exception as exc:  # a bug must fail one image loudly, not the batch
-            from genguard.export.dali import Screened, placeholder
+            from genguard.dali import Screened, placeholder
 
             return Screened({"ok": False, "reason": "internal", "message": f"validation failed: {exc!r}"},
                             placeholder())

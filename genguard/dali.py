@@ -398,12 +398,12 @@ DEFAULT_SERIALIZE_BATCH = 16
 
 
 def main(argv=None) -> int:
-    """python -m genguard.export.dali serialize [--out FILE]: the build-time check of docker/Dockerfile."""
+    """python -m genguard.dali serialize [--out FILE]: the build-time check of docker/Dockerfile."""
     import argparse
 
     import nvidia.dali
 
-    parser = argparse.ArgumentParser(prog="python -m genguard.export.dali")
+    parser = argparse.ArgumentParser(prog="python -m genguard.dali")
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serialize", help="build and serialize the GPU preprocess graph with this DALI")
     s.add_argument("--out", type=Path, default=None)
