@@ -171,7 +171,7 @@ def test_int8_targets_follow_what_the_server_serves_not_the_tag():
     assert compare.serves_int8(served("model.onnx", "model.int8.onnx"))
     assert compare.served_tag(served("model.onnx")) == "fp32"
     # main() passes serves_int8(...) to targets(); a user's --tag "int8-try" on an FP32 server keeps FP32 goals
-    source = Path(compare.__file__).read_text()
+    source = (Path(compare.__file__).parent / "cli.py").read_text()
     assert "targets(summary[0], agree, serves_int8(detectors))" in source and 'tag.startswith("int8")' not in source
 
 

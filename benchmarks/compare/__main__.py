@@ -1,0 +1,5 @@
+import sys
+
+from genguard.benchmarks.compare.cli import main
+
+sys.exit(main())
