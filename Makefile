@@ -95,7 +95,7 @@ gpu-check: setup
 	@if $(BIN)/python -c "import sys; from genguard.export.tensorrt import gpu_absent_reason as r; sys.exit(r() is not None)" 2>/dev/null \
 		&& ! command -v trtexec >/dev/null && ! test -x /usr/src/tensorrt/bin/trtexec; then \
 		$(BIN)/pip install --disable-pip-version-check -q -e '.[gpu]'; fi
-	@$(BIN)/python -m genguard.export.gpu_check --build $(BUILD)
+	@$(BIN)/python -m genguard.benchmarks.gpu_check --build $(BUILD)
 
 IMAGE ?= genguard-server:latest
 image:

@@ -10,10 +10,10 @@ import numpy as np
 from genguard import protocol
 
 from .base import WINDOW_BATCHES, BaseClient, Health
-from .errors import ModelNotReady, RequestRejected, ServerUnavailable, not_ready
+from .errors import ModelNotReady, ServerUnavailable, not_ready
 from .inputs import Loaded, collect, load, split, windows
 from .results import Result
-from .transport import REJECTED, RETRY, TIMEOUT, AsyncTransport, RetryEvent, classify
+from .transport import AsyncTransport, classify
 
 
 class AsyncClient(BaseClient):
@@ -55,17 +55,7 @@ class AsyncClient(BaseClient):
             try:
                 return await fn(self._client())
             except Exception as exc:
-                kind = classify(exc)
-                if kind == TIMEOUT and not infer:  # inference timeouts are the caller's to report
-                    raise self._timed_out() from exc
-                if kind != RETRY:
-                    raise
-                if retry == self.policy.retries:
-                    raise self._unavailable(lost) from exc
-                delay = self.policy.delay(retry)
-                if self.on_retry:
-                    self.on_retry(RetryEvent(retry + 1, delay, exc, self.url))
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._retry_delay(exc, retry, lost=lost, infer=infer))
 
     async def _prepare(self) -> int:
         if self._max_batch is None:
@@ -79,10 +69,7 @@ class AsyncClient(BaseClient):
         try:
             response = await self._call(lambda t: t.infer(self.model, array), lost=True, infer=True)
         except Exception as exc:
-            kind = classify(exc)
-            if kind in (TIMEOUT, REJECTED):
-                return self._failed(batch, kind, exc)
-            raise
+            return self._send_failed(batch, exc)
         return self._results(batch, response)
 
     # -- API ------------------------------------------------------------------------------------------
@@ -144,12 +131,10 @@ class AsyncClient(BaseClient):
         try:
             return await self._call(lambda t: t.infer(model or self.model, array), infer=True)
         except Exception as exc:
-            kind = classify(exc)
-            if kind == REJECTED:
-                raise RequestRejected(f"GenGuard at {self.url} refused the request: {exc.message()}") from exc
-            if kind == TIMEOUT:
-                raise self._timed_out() from exc
-            raise
+            error = self._raw_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     async def is_live(self) -> bool:
         return await self._call(lambda t: t.live())

@@ -11,10 +11,10 @@ import numpy as np
 
 from genguard import protocol
 
-from .errors import GenGuardError, RequestTimeout, ServerUnavailable, unreachable
+from .errors import GenGuardError, RequestRejected, RequestTimeout, ServerUnavailable, unreachable
 from .inputs import Loaded
 from .results import Result
-from .transport import TLS, RetryEvent, RetryPolicy, documents, normalize_url
+from .transport import REJECTED, RETRY, TIMEOUT, TLS, RetryEvent, RetryPolicy, classify, documents, normalize_url
 
 WINDOW_BATCHES = 4  # sort-by-size window, in batches: bigger packs tighter but answers later
 MAX_REQUEST_BYTES = 64 << 20
@@ -87,6 +87,38 @@ class BaseClient:
     def _timed_out(self) -> RequestTimeout:
         return RequestTimeout(f"no answer from GenGuard at {self.url} ({self.protocol}) within {self.timeout:g} s: "
                               "is the server overloaded or stuck? check `genguard health`, or raise --timeout")
+
+    def _retry_delay(self, exc: Exception, retry: int, *, lost: bool, infer: bool) -> float:
+        """The retry decision both clients share, for attempt number `retry` (0-based) that raised `exc`:
+        the delay before the next attempt, or raise what the caller should see (out of retries, a
+        timeout outside inference, or an error that retrying can't fix)."""
+        kind = classify(exc)
+        if kind == TIMEOUT and not infer:  # inference timeouts are the caller's to report
+            raise self._timed_out() from exc
+        if kind != RETRY:
+            raise exc
+        if retry == self.policy.retries:
+            raise self._unavailable(lost) from exc
+        delay = self.policy.delay(retry)
+        if self.on_retry:
+            self.on_retry(RetryEvent(retry + 1, delay, exc, self.url))
+        return delay
+
+    def _send_failed(self, batch: list[Loaded], exc: Exception) -> list[Result]:
+        """A batch whose request timed out or was refused fails alone, image by image; anything else raises."""
+        kind = classify(exc)
+        if kind in (TIMEOUT, REJECTED):
+            return self._failed(batch, kind, exc)
+        raise exc
+
+    def _raw_error(self, exc: Exception) -> Exception:
+        """infer_raw's error for `exc`: RequestRejected, RequestTimeout, or `exc` itself."""
+        kind = classify(exc)
+        if kind == REJECTED:
+            return RequestRejected(f"GenGuard at {self.url} refused the request: {exc.message()}")
+        if kind == TIMEOUT:
+            return self._timed_out()
+        return exc
 
     def _set_max_batch(self, config: dict) -> None:
         self._max_batch = int(config.get("max_batch_size", 0))

@@ -47,9 +47,11 @@ def not_ready(url: str, protocol: str, model: str) -> str:
 
 def _port_hint(url: str, protocol: str) -> str:
     # The commonest wrong URL: the other protocol's default port.
+    from genguard.protocol import GRPC_PORT, HTTP_PORT
+
     port = url.rsplit(":", 1)[-1]
-    if protocol == "grpc" and port == "8000":
-        return " (8000 is the HTTP port: use port 8001 for gRPC, or --protocol http)"
-    if protocol == "http" and port == "8001":
-        return " (8001 is the gRPC port: use port 8000 for HTTP, or --protocol grpc)"
+    if protocol == "grpc" and port == str(HTTP_PORT):
+        return f" ({HTTP_PORT} is the HTTP port: use port {GRPC_PORT} for gRPC, or --protocol http)"
+    if protocol == "http" and port == str(GRPC_PORT):
+        return f" ({GRPC_PORT} is the gRPC port: use port {HTTP_PORT} for HTTP, or --protocol grpc)"
     return ""

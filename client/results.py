@@ -10,10 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from genguard.protocol import FAILURE, SUCCESS
+from genguard.protocol import FAILURE, NSFW_LEVELS, SUCCESS
 from genguard.verdicts import source_for, verdict_for
 
-NSFW_LEVELS = ("neutral", "low", "medium", "high")  # Freepik card order, least to most explicit
 
 
 @dataclass(frozen=True)

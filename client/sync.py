@@ -13,10 +13,10 @@ import numpy as np
 from genguard import protocol
 
 from .base import WINDOW_BATCHES, BaseClient, Health
-from .errors import ModelNotReady, RequestRejected, ServerUnavailable, not_ready
+from .errors import ModelNotReady, ServerUnavailable, not_ready
 from .inputs import Loaded, collect, load, split, windows
 from .results import Result
-from .transport import REJECTED, RETRY, TIMEOUT, RetryEvent, Transport, classify
+from .transport import Transport, classify
 
 
 class Client(BaseClient):
@@ -82,16 +82,7 @@ class Client(BaseClient):
                 with self._lease() as transport:
                     return fn(transport)
             except Exception as exc:
-                kind = classify(exc)
-                if kind == TIMEOUT and not infer:  # inference timeouts are the caller's to report
-                    raise self._timed_out() from exc
-                if kind != RETRY:
-                    raise
-                if retry == self.policy.retries:
-                    raise self._unavailable(lost) from exc
-                delay = self.policy.delay(retry)
-                if self.on_retry:
-                    self.on_retry(RetryEvent(retry + 1, delay, exc, self.url))
+                delay = self._retry_delay(exc, retry, lost=lost, infer=infer)
                 if stop is not None and stop.wait(delay):  # the run was abandoned meanwhile
                     raise self._unavailable(lost) from exc
                 if stop is None:
@@ -116,10 +107,7 @@ class Client(BaseClient):
         try:
             response = self._call(lambda t: t.infer(self.model, array), lost=True, infer=True, stop=stop)
         except Exception as exc:
-            kind = classify(exc)
-            if kind in (TIMEOUT, REJECTED):
-                return self._failed(batch, kind, exc)
-            raise
+            return self._send_failed(batch, exc)
         return self._results(batch, response)
 
     # -- API ------------------------------------------------------------------------------------------
@@ -184,12 +172,10 @@ class Client(BaseClient):
         try:
             return self._call(lambda t: t.infer(model or self.model, array), infer=True)
         except Exception as exc:
-            kind = classify(exc)
-            if kind == REJECTED:
-                raise RequestRejected(f"GenGuard at {self.url} refused the request: {exc.message()}") from exc
-            if kind == TIMEOUT:
-                raise self._timed_out() from exc
-            raise
+            error = self._raw_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     def is_live(self) -> bool:
         return self._call(lambda t: t.live())

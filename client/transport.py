@@ -21,8 +21,8 @@ import numpy as np
 from genguard import protocol
 
 PROTOCOLS = ("grpc", "http")
-HOST = "127.0.0.1"
-DEFAULT_PORTS = {"grpc": 8001, "http": 8000}  # genguard.server's defaults
+HOST = protocol.HOST
+DEFAULT_PORTS = {"grpc": protocol.GRPC_PORT, "http": protocol.HTTP_PORT}
 
 RETRY, TIMEOUT, REJECTED = "retry", "timeout", "rejected"
 _RETRY_STATUS = {"StatusCode.UNAVAILABLE", "502", "503", "504"}

@@ -1,5 +1,3 @@
-"""Checkpoint -> ONNX -> TensorRT, DALI serialization and repository rendering (installed as genguard.export)."""
-
-from __future__ import annotations
-
-from genguard.checksums import sha256_file  # noqa: F401 (the runtime checks the same hash at load)
+"""Checkpoint -> ONNX -> TensorRT, checkpoint families, reference pipelines and repository rendering
+(installed as genguard.export). Runtime code (genguard/, its python-backend models, the gateway) never
+imports this package."""

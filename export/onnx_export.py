@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genguard import onnx_runtime
+from genguard import onnx_runtime, protocol
 from genguard.export import samples
-from genguard.export import sha256_file as sha256
+from genguard.checksums import sha256_file as sha256
 from genguard.export.checkpoints import HeadsModule, is_random, load
 from genguard.export.reference import ReferencePipeline, open_rgb
 from genguard.preprocess import preprocess_bytes
@@ -26,7 +26,6 @@ from genguard.specs import DetectorSpec
 log = logging.getLogger("genguard.export")
 
 OPSET = 18
-INPUT_NAME = "pixels"
 VALIDATION_BATCHES = (1, 4)
 
 
@@ -49,7 +48,7 @@ def export_onnx(module: HeadsModule, path: Path, *, metadata: dict, opset: int =
             str(path),
             dynamo=True,
             opset_version=opset,
-            input_names=[INPUT_NAME],
+            input_names=[protocol.DETECTOR_INPUT],
             output_names=[head.name for head in spec.heads],
             dynamic_shapes=({0: batch},),
             external_data=False,
@@ -96,7 +95,7 @@ def validate(spec: DetectorSpec, module: HeadsModule, onnx_path: Path, images: d
     for size in VALIDATION_BATCHES:
         batch = ref_pixels[:size]
         torch_logits.append(reference.logits(batch))
-        ort_logits.append(session.run(None, {INPUT_NAME: batch.numpy()}))
+        ort_logits.append(session.run(None, {protocol.DETECTOR_INPUT: batch.numpy()}))
     flat = lambda runs: [np.concatenate([run[h] for run in runs]) for h in range(len(spec.heads))]  # noqa: E731
     t_logits, o_logits = flat(torch_logits), flat(ort_logits)
     t_probs = [head_probs(h, x) for h, x in zip(spec.heads, t_logits)]
@@ -112,7 +111,7 @@ def validate(spec: DetectorSpec, module: HeadsModule, onnx_path: Path, images: d
     ref_probs, our_probs = [], []
     for start in range(0, len(names), 4):
         ref_logits = reference.logits(ref_pixels[start : start + 4])
-        our_logits = session.run(None, {INPUT_NAME: ours[start : start + 4]})
+        our_logits = session.run(None, {protocol.DETECTOR_INPUT: ours[start : start + 4]})
         ref_probs.append([head_probs(h, x) for h, x in zip(spec.heads, ref_logits)])
         our_probs.append([head_probs(h, x) for h, x in zip(spec.heads, our_logits)])
     r = [np.concatenate([b[h] for b in ref_probs]) for h in range(len(spec.heads))]

@@ -14,37 +14,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from genguard.export.checkpoints import HeadsModule, siglip_processor
+from genguard.export.checkpoints import HeadsModule
+from genguard.export.families import family_of
 from genguard.scores import head_probs
 from genguard.specs import DetectorSpec
 
-# Freepik's card builds its transform from this pretrained cfg, not from the checkpoint.
-FREEPIK_TIMM_CFG = "eva02_base_patch14_448.mim_in22k_ft_in22k_in1k"
-
 
 def reference_transform(spec: DetectorSpec, model: HeadsModule, source: str | None):
-    """A callable PIL RGB image -> float32 CHW torch tensor, the card's way."""
-    if spec.format == "transformers" and spec.architecture == "siglip":
-        processor = siglip_processor(source, getattr(model, "revision", None))  # the commit loaded
-        return lambda img: processor(images=img, return_tensors="pt")["pixel_values"][0]
-    from timm.data import create_transform, resolve_data_config
-
-    if spec.format == "transformers":  # Freepik: timm transform from the eva02 pretrained cfg
-        from timm.models import get_pretrained_cfg
-
-        return create_transform(**resolve_data_config(get_pretrained_cfg(FREEPIK_TIMM_CFG).__dict__))
-    if spec.format == "timm":  # timm checkpoints carry their data config
-        return create_transform(**resolve_data_config(model=model.model))
-    if spec.format == "two_head_state_dict":
-        return create_transform(**resolve_data_config(model=model.model.backbone))
-    # ImageTrust-AI src/data/transforms.py (eval)
-    from torchvision import transforms
-
-    return transforms.Compose([
-        transforms.Resize((224, 224)),
-        transforms.ToTensor(),
-        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    ])
+    """A callable PIL RGB image -> float32 CHW torch tensor, the card's way (its checkpoint family's)."""
+    return family_of(spec).reference(spec, model.model, source, getattr(model, "revision", None))
 
 
 def open_rgb(data: bytes) -> Image.Image:

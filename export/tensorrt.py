@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from genguard.export import sha256_file
+from genguard.checksums import sha256_file
 
 ONNX_FOLDER = "onnx"           # <model>/onnx/model.onnx + engine.json, ignored by Triton (not a version)
 RECIPE_FILE = "engine.json"
@@ -52,18 +52,14 @@ PLAN = "model.plan"
 METADATA = "model.plan.json"
 TRTEXEC_CANDIDATES = ("trtexec", "/usr/src/tensorrt/bin/trtexec")
 
-# Engine precision per detector; FP16 unless the model card says otherwise. Freepik's card recommends
-# BF16 on GPU (EVA02 attention overflows FP16 more readily). BF16 needs compute capability >= 8.0;
-# older GPUs build that detector in FP32 instead (see effective_precision).
-PRECISION: dict[str, str] = {"freepik_nsfw": "bf16"}
-DEFAULT_PRECISION = "fp16"
+# Engine precision per detector: its spec's gpu_precision (the card's advice: Freepik's recommends BF16,
+# EVA02 attention overflows FP16 more readily), else its checkpoint family's (FP16); see
+# genguard.export.families.gpu_precision. BF16 needs compute capability >= 8.0; older GPUs build that
+# detector in FP32 instead (see effective_precision).
 # Parity tolerance (max |Δprob| vs ONNX Runtime FP32 on the same tensors) per engine precision,
 # used by the GPU tests: FP16 keeps 10 mantissa bits, BF16 7.
 PROB_TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2, "bf16": 3e-2}
 
-
-def precision_for(detector: str) -> str:
-    return PRECISION.get(detector, DEFAULT_PRECISION)
 
 
 class EngineError(RuntimeError):

@@ -33,7 +33,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 from genguard import specs
-from genguard.export import sha256_file
+from genguard.checksums import sha256_file
 from genguard.specs import DetectorSpec
 
 PACK_FORMAT = "genguard-weights"
@@ -55,26 +55,22 @@ class WeightsUnavailable(RuntimeError):
 
 
 def hub_files(spec: DetectorSpec) -> list[tuple[str, ...]]:
-    """What the loader of `spec` reads from its hub repository: groups of alternatives, one of each needed.
+    """What the loader of `spec` reads from its hub repository: groups of alternatives, one of each needed
+    (its checkpoint family's hub_files)."""
+    from genguard.export.families import family_of  # families load through this module's hub helpers
 
-    transformers (SigLIP): config.json, model.safetensors, preprocessor_config.json (AutoImageProcessor);
-    transformers (timm_wrapper): config.json, model.safetensors;
-    timm (hf-hub:): config.json, and model.safetensors or else pytorch_model.bin (timm tries them in
-    that order; the .bin is read with torch.load(weights_only=True)).
-    """
-    if spec.format == "transformers" and spec.architecture == "siglip":
-        return [("config.json",), ("model.safetensors",), ("preprocessor_config.json",)]
-    if spec.format == "transformers":
-        return [("config.json",), ("model.safetensors",)]
-    if spec.format == "timm":
-        return [("config.json",), ("model.safetensors", "pytorch_model.bin")]
-    raise ValueError(f"{spec.name}: {spec.format} checkpoints are not on the hub")
+    files = family_of(spec).hub_files
+    if files is None:
+        raise ValueError(f"{spec.name}: {spec.format} checkpoints are not on the hub")
+    return list(files)
 
 
 def hub_specs(names: list[str] | None = None) -> list[DetectorSpec]:
     """Detectors whose checkpoint has a hub id (default: all of them)."""
     chosen = [specs.get(n) for n in names] if names else list(specs.DETECTORS.values())
-    return [s for s in chosen if s.source and s.format in ("transformers", "timm")]
+    from genguard.export.families import family_of
+
+    return [s for s in chosen if s.source and family_of(s).hub_files is not None]
 
 
 def is_hub_id(source: str | os.PathLike) -> bool:

@@ -36,7 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from genguard import specs
-from genguard.preprocess import DecodeLimits, ImageRejected, encoded_extent, to_rgb, without_png_text
+from genguard.preprocess import DecodeLimits, ImageRejected, open_checked, to_rgb
 
 # The DALI model's input: validated encoded images (UINT8 [-1], rows zero-padded).
 DALI_INPUT = "ENCODED"
@@ -312,41 +312,15 @@ def _refuse(reason: str, message: str) -> Screened:
 def screen(data: bytes, limits: DecodeLimits = DecodeLimits(), verify: str = "header") -> Screened:
     """One request row -> what DALI may decode, never raising.
 
-    verify="header": the checks genguard.preprocess.decode makes before decoding (byte limit, zero padding,
-    truncation markers, format, pixel count) plus Pillow's header parse; "decode": also decode fully with
-    Pillow (catches corrupt compressed data, at a CPU decode per image).
+    verify="header": genguard.preprocess.open_checked, the checks the cpu target makes before decoding (byte
+    limit, zero padding, truncation markers, format, pixel count, Pillow's header parse); "decode": also
+    decode fully with Pillow (catches corrupt compressed data, at a CPU decode per image).
     """
-    from PIL import Image, UnidentifiedImageError
-    import warnings
-
-    size = len(data.rstrip(b"\0"))
-    if size == 0:
-        return _refuse("empty", "empty input: no image bytes were sent")
-    if size > limits.max_bytes:
-        return _refuse("too_large", f"image is {size} bytes, over the limit of {limits.max_bytes} bytes")
     try:
-        data = without_png_text(encoded_extent(data))  # text chunks: read by genguard.provenance, not decoders
+        image, data = open_checked(data, limits)  # the cpu target's checks; text chunks dropped
     except ImageRejected as exc:
         return _refuse(exc.reason, str(exc))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        return _refuse("not_an_image", "not a recognised image format")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return _refuse("too_many_pixels", "image dimensions exceed the decompression-bomb limit")
-    except Exception as exc:
-        return _refuse("corrupt", f"unreadable image header: {exc}")
-    if image.format not in limits.formats:
-        return _refuse("unsupported_format",
-                       f"format {image.format} is not accepted (accepted: {', '.join(limits.formats)})")
     width, height = image.size
-    if width < 1 or height < 1:
-        return _refuse("corrupt", f"image has no pixels ({width}x{height})")
-    if width * height > limits.max_pixels:
-        return _refuse("too_many_pixels",
-                       f"image is {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}")
     info = {"ok": True, "width": width, "height": height, "format": image.format}
     native = image.format in DALI_NATIVE_FORMATS and image.mode in DALI_NATIVE_MODES
     if native and verify == "header":

@@ -184,10 +184,13 @@ def without_png_text(data: bytes) -> bytes:
     return b"".join(data[s] for s in keep)
 
 
-def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
-    """Open and fully decode the first frame of an encoded image, or raise ImageRejected.
+def open_checked(data: bytes, limits: DecodeLimits = DecodeLimits()) -> tuple[Image.Image, bytes]:
+    """The header checks made before any pixel is decoded (byte limit, zero padding, truncation markers,
+    format, pixel count; Pillow's header parse), or ImageRejected. Returns the opened image (not yet
+    decoded) and the bytes it was opened from (the image's extent, PNG text chunks dropped).
 
-    Trailing zero bytes are allowed: a batched request pads every image to the longest one.
+    Trailing zero bytes are allowed: a batched request pads every image to the longest one. The cpu
+    target's decode() and the GPU targets' screening (genguard.dali.screen) both start here.
     """
     # Padding doesn't count against the byte limit: a small image batched with a large one stays small.
     size = len(data.rstrip(b"\0"))
@@ -219,6 +222,13 @@ def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
             "too_many_pixels",
             f"image is {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}",
         )
+    return image, data
+
+
+def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
+    """Open and fully decode the first frame of an encoded image, or raise ImageRejected."""
+    image, _ = open_checked(data, limits)
+    width, height = image.size
     try:
         image.seek(0)  # first frame of animations (GIF, WebP, multi-page TIFF)
         image.load()

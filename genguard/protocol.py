@@ -27,6 +27,14 @@ DETECTOR_INPUT = "pixels"             # every detector model's input, FP32 [3, H
 
 SUCCESS, FAILURE = "SUCCESS", "FAILURE"
 
+# NSFW_SCORES' order: Freepik's levels, least to most explicit (its head's labels; clients read them by name)
+NSFW_LEVELS = ("neutral", "low", "medium", "high")
+
+# Where GenGuard listens by default (make serve, the server image, the Kubernetes Services, the clients)
+HOST = "127.0.0.1"
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+GATEWAY_PORT = 8080                   # the REST gateway (genguard.gateway)
+
 
 def pixels_tensor(input_name: str) -> str:
     """Preprocess output (and ensemble tensor) for one InputSpec."""

@@ -19,8 +19,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-HOST = "127.0.0.1"
-HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+from genguard.protocol import GATEWAY_PORT, GRPC_PORT, HOST, HTTP_PORT, METRICS_PORT
+
+__all__ = ["GATEWAY_PORT", "GRPC_PORT", "HOST", "HTTP_PORT", "METRICS_PORT", "Ports", "server_args", "start",
+           "wait_ready", "is_ready", "stop_pid", "probe", "start_gateway", "stop_gateway"]
 
 
 @dataclass(frozen=True)
@@ -169,8 +171,6 @@ def stop(args) -> int:
 
 # ---------------------------------------------------------------------------------------------------
 # the REST gateway next to it (genguard.gateway), for make serve / make stop
-
-GATEWAY_PORT = 8080
 
 
 def start_gateway(build: Path, ports: Ports, port: int = GATEWAY_PORT, timeout: float = 60) -> str:

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
+from genguard.protocol import NSFW_LEVELS
+
 # Mean/std constants as the libraries spell them (timm.data.constants, transformers.image_utils).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -84,7 +86,9 @@ class Head:
         return 1 if self.activation == "sigmoid" else len(self.labels)
 
 
-CheckpointFormat = Literal["transformers", "timm", "torchvision_state_dict", "two_head_state_dict"]
+# The checkpoint families (genguard.export.families): what each format loads.
+CheckpointFormat = Literal["transformers_siglip", "transformers_timm_wrapper", "timm_hub", "imagetrust_resnet18_mlp",
+                           "timm_two_head_state_dict"]
 
 
 @dataclass(frozen=True)
@@ -93,9 +97,13 @@ class DetectorSpec:
 
     source:        where real weights come from: a Hugging Face hub id, or None when only a local path
                    can supply them (ImageTrust ships its .pth in a GitHub repo; Hive's are proprietary).
-    format:        the checkpoint's native format, which picks the loader.
+    format:        the checkpoint's native format: its family (genguard.export.families) loads it, builds
+                   random checkpoints of it and knows the card's reference preprocessing.
     architecture:  the architecture the checkpoint must have (timm name, transformers model_type,
                    or torchvision builder); the loader refuses anything else.
+    timm_pretrained_cfg: transformers_timm_wrapper: the timm pretrained config the card builds its
+                   transform from (and random checkpoints are made of); None: the checkpoint's own.
+    gpu_precision: TensorRT precision on the GPU targets when the card advises one (None: the family's).
     optional:      exported and served only when a checkpoint is given (or WEIGHTS=random).
     prob_atol:     parity tolerance on probabilities (FP32 ONNX Runtime vs PyTorch).
     tiny:          architecture overrides for reduced-depth test builds (same code path, fewer layers).
@@ -111,6 +119,8 @@ class DetectorSpec:
     card: str
     optional: bool = False
     prob_atol: float = 1e-4
+    timm_pretrained_cfg: str | None = None
+    gpu_precision: Literal["fp32", "fp16", "bf16"] | None = None
     tiny: dict = field(default_factory=dict, hash=False, compare=False)
 
     def head(self, role: HeadRole) -> Head | None:
@@ -174,7 +184,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             name="opensdi_flux",
             description="SigLIP2-base classifier: real photo vs Flux.1-generated (OpenSDI)",
             source="prithivMLmods/OpenSDI-Flux.1-SigLIP2",
-            format="transformers",
+            format="transformers_siglip",
             architecture="siglip",
             input=SIGLIP_224,
             heads=(
@@ -193,7 +203,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             name="sumsub_sd",
             description="Sumsub For Fake's Sake MobileNetV3: real vs Stable Diffusion 1.4/1.5/2.1",
             source="Sumsub/Sumsub-ffs-synthetic-1.0_sd_5",
-            format="timm",
+            format="timm_hub",
             architecture="tf_mobilenetv3_large_100",
             input=TF_INCEPTION_224,
             # The checkpoint's pipeline.py (label order) can't be read here: override with --labels.
@@ -212,10 +222,12 @@ DETECTORS: dict[str, DetectorSpec] = {
             name="freepik_nsfw",
             description="Freepik EVA02-base-448 NSFW levels: neutral, low, medium, high",
             source="Freepik/nsfw_image_detector",
-            format="transformers",
+            format="transformers_timm_wrapper",
             architecture="eva02_base_patch14_448",
+            timm_pretrained_cfg="eva02_base_patch14_448.mim_in22k_ft_in22k_in1k",  # the card's create_transform
+            gpu_precision="bf16",  # the card: trained in BF16, run it in BF16
             input=EVA02_448,
-            heads=(Head("nsfw", "nsfw", ("neutral", "low", "medium", "high")),),
+            heads=(Head("nsfw", "nsfw", NSFW_LEVELS),),
             card="https://huggingface.co/Freepik/nsfw_image_detector",
             tiny={"depth": 2},
         ),
@@ -223,7 +235,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             name="imagetrust_binary",
             description="ImageTrust-AI ResNet18: real vs AI-generated (one logit, sigmoid)",
             source=None,  # saved_models/best_model.pth in github.com/SiemonCha/ImageTrust-AI
-            format="torchvision_state_dict",
+            format="imagetrust_resnet18_mlp",
             architecture="resnet18",
             input=IMAGENET_224_SQUASH,
             heads=(
@@ -241,7 +253,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             name="imagetrust_source",
             description="ImageTrust-AI ResNet18 generator type: Real, GAN, Diffusion, Other",
             source=None,  # saved_models/generator_model.pth in github.com/SiemonCha/ImageTrust-AI
-            format="torchvision_state_dict",
+            format="imagetrust_resnet18_mlp",
             architecture="resnet18",
             input=IMAGENET_224_SQUASH,
             heads=(Head("source", "source", IMAGETRUST_SOURCES, real_label="Real"),),
@@ -251,7 +263,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             name="hive_effb4",
             description="EfficientNet-B4 two-head slot shaped like Hive's NIM (user-supplied weights)",
             source=None,
-            format="two_head_state_dict",
+            format="timm_two_head_state_dict",
             architecture="efficientnet_b4",
             input=EFFNET_B4_320,
             heads=(
@@ -295,6 +307,13 @@ def with_labels(spec: DetectorSpec, head_name: str, labels: tuple[str, ...]) -> 
     if heads == list(spec.heads) and all(h.name != head_name for h in spec.heads):
         raise KeyError(f"{spec.name} has no head {head_name!r}")
     return dataclasses.replace(spec, heads=tuple(heads))
+
+
+def as_exported(spec: DetectorSpec, heads: dict[str, list[str] | tuple[str, ...]]) -> DetectorSpec:
+    """The spec with each head's labels in the order an export recorded (its ONNX metadata)."""
+    for head, labels in heads.items():
+        spec = with_labels(spec, head, tuple(labels))
+    return spec
 
 
 def distinct_inputs(specs) -> dict[str, InputSpec]:

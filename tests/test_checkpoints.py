@@ -25,11 +25,11 @@ from genguard import specs
 from genguard.export.checkpoints import (
     RANDOM_MARKER,
     CheckpointMismatch,
-    imagetrust_resnet18,
     is_random,
     load,
     write_random_checkpoint,
 )
+from genguard.export.families import imagetrust_resnet18
 
 NAMES = list(specs.DETECTORS)
 

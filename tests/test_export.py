@@ -25,7 +25,8 @@ from conftest import checkpoint_path
 from genguard import onnx_runtime, specs
 from genguard.export import samples
 from genguard.export.__main__ import main
-from genguard.export.onnx_export import INPUT_NAME, export_detector
+from genguard.export.onnx_export import export_detector
+from genguard.protocol import DETECTOR_INPUT
 from genguard.preprocess import preprocess_bytes
 from genguard.scores import head_probs
 
@@ -98,7 +99,7 @@ def test_onnx_interface(tiny_build, name):
 
     initializers = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
-    assert [i.name for i in inputs] == [INPUT_NAME] == ["pixels"]
+    assert [i.name for i in inputs] == [DETECTOR_INPUT] == ["pixels"]
     batch, *rest = _dims(inputs[0])
     assert isinstance(batch, str) and batch, "batch axis must be symbolic"
     assert tuple(rest) == spec.input.shape
@@ -126,11 +127,11 @@ def test_batch_size_does_not_change_answers(sessions, name):
     spec = specs.get(name)
     session = sessions[name]
     x = pixels(spec, list(samples.photos().values())[:7])
-    whole = probs(spec, session.run(None, {INPUT_NAME: x}))
+    whole = probs(spec, session.run(None, {DETECTOR_INPUT: x}))
     assert [p.shape for p in whole] == [(7, len(h.labels)) for h in spec.heads]
     for size in (1, 3):
         for start in range(0, 7, size):
-            part = probs(spec, session.run(None, {INPUT_NAME: x[start : start + size]}))
+            part = probs(spec, session.run(None, {DETECTOR_INPUT: x[start : start + size]}))
             for head, a, b in zip(spec.heads, part, whole):
                 assert np.abs(a - b[start : start + size]).max() <= BATCH_ATOL, (head.name, size, start)
 
@@ -153,7 +154,7 @@ def test_reference_pipeline_vs_genguard(tiny_build, sessions, name):
     assert len(photos) >= 10
 
     reference = ReferencePipeline(spec, module, str(source)).probs([open_rgb(data) for data in photos])
-    ours = probs(spec, sessions[name].run(None, {INPUT_NAME: pixels(spec, photos)}))
+    ours = probs(spec, sessions[name].run(None, {DETECTOR_INPUT: pixels(spec, photos)}))
 
     for head, ref, got in zip(spec.heads, reference, ours):
         assert ref.shape == got.shape == (len(photos), len(head.labels))
@@ -195,7 +196,7 @@ def test_first_export_that_fails_installs_nothing(tiny_build, tmp_path):
 
 
 def test_parity_json_vouches_for_the_file_it_names(tiny_build):
-    from genguard.export import sha256_file
+    from genguard.checksums import sha256_file
 
     for name in specs.DETECTORS:
         parity = json.loads((tiny_build / "onnx" / name / "parity.json").read_text())

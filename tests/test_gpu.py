@@ -1,6 +1,6 @@
 """GPU-only checks (marked `gpu`): TensorRT engines vs ONNX Runtime FP32, DALI on the GPU vs the reference
 preprocessing, perf_analyzer through a running GPU server. The same code as `make gpu-check`
-(genguard.export.gpu_check), on the reduced-depth test build.
+(genguard.benchmarks.gpu_check), on the reduced-depth test build.
 
 They skip only where there is no GPU (no driver, or the driver sees none). On a machine with a GPU every
 error fails: a missing TensorRT/trtexec or DALI, a CUDA error, a missed bound. Bounds: max |Δprob| <=
@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from genguard.export import gpu_check
+from genguard.benchmarks import gpu_check
 from genguard.export import tensorrt as trt
 
 pytestmark = pytest.mark.gpu

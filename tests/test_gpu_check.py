@@ -1,4 +1,4 @@
-"""`make gpu-check` (genguard.export.gpu_check) on a machine without a GPU: its one line without a GPU, its
+"""`make gpu-check` (genguard.benchmarks.gpu_check) on a machine without a GPU: its one line without a GPU, its
 failure on a broken driver, its table, exit status and skipped parts with the GPU parts faked, and the
 probability comparison on hand-computed logits. The GPU parts themselves run in tests/test_gpu.py."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from genguard import specs
-from genguard.export import gpu_check
+from genguard.benchmarks import gpu_check
 from genguard.export import tensorrt as trt
 
 
@@ -114,7 +114,8 @@ def test_gpu_tests_fail_rather_than_skip_on_a_gpu_without_tensorrt(tmp_path):
     code = f"""
 import sys
 import pytest
-from genguard.export import gpu_check, tensorrt as trt
+from genguard.benchmarks import gpu_check
+from genguard.export import tensorrt as trt
 trt.gpu_absent_reason = lambda: None
 trt.gpu_info = lambda device=0: ("9.0", "NVIDIA H200", 143771)
 def engine_tool():

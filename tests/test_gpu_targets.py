@@ -868,7 +868,7 @@ for blocked in ('tensorrt', 'nvidia.dali'):
         pass
     else:
         raise SystemExit(blocked + ' was importable: the block failed')
-import genguard.export.tensorrt, genguard.dali, genguard.export.repository, genguard.export.gpu_check
+import genguard.export.tensorrt, genguard.dali, genguard.export.repository, genguard.benchmarks.gpu_check
 from genguard.export.repository import dali_preprocess_config, validate_config
 print('ok')
 """

@@ -134,7 +134,7 @@ def test_a_model_changed_after_its_parity_check_is_refused(tiny_build, tmp_path)
 
 
 def test_int8_needs_a_passing_check_for_that_very_file(tiny_build, tmp_path):
-    from genguard.export import sha256_file
+    from genguard.checksums import sha256_file
     from genguard.export.repository import CpuOptions
 
     build, names = copy_build(tiny_build, tmp_path, ("imagetrust_binary",))

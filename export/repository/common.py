@@ -87,8 +87,7 @@ def find_exports(build: Path, detectors: list[str] | None = None) -> list[Export
                             f"for (sha256 {str(parity.get('onnx_sha256'))[:12]}); export it again")
             continue
         meta = _onnx_metadata(onnx_path)
-        for head, labels in meta["heads"].items():
-            spec = specs.with_labels(spec, head, tuple(labels))
+        spec = specs.as_exported(spec, meta["heads"])
         found.append(ExportedDetector(spec, onnx_path.resolve(), meta["weights"], meta["checkpoint"],
                                       revision=meta.get("revision"), parity=parity))
     if problems:

@@ -18,7 +18,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from genguard import dali, protocol, specs
 from genguard.dali import DALI_INPUT
+from genguard.export.families import gpu_precision
 from genguard.preprocess import DecodeLimits
+from genguard.protocol import HTTP_PORT, METRICS_PORT
 from genguard.provenance import ProvenanceConfig
 from genguard.specs import DetectorSpec
 
@@ -92,11 +94,11 @@ def _gpu_detector_base(det: ExportedDetector, max_batch: int, gpu: GpuOptions) -
 
 def engine_recipe(det: ExportedDetector, max_batch: int, gpu: GpuOptions = GpuOptions()):
     """The TensorRT build recipe for one detector: profile min 1 / opt / max == max_batch_size."""
-    from genguard.export.tensorrt import Recipe, precision_for
+    from genguard.export.tensorrt import Recipe
 
     return Recipe(detector=det.spec.name, input=protocol.DETECTOR_INPUT, shape=tuple(det.spec.input.shape),
                   max_batch=max_batch, opt_batch=gpu.opt_batch or max_batch,
-                  precision=precision_for(det.spec.name), workspace_mib=gpu.workspace_mib)
+                  precision=gpu_precision(det.spec), workspace_mib=gpu.workspace_mib)
 
 
 def tensorrt_detector_config(det: ExportedDetector, max_batch: int, gpu: GpuOptions = GpuOptions()) -> mc.ModelConfig:
@@ -115,8 +117,6 @@ def tensorrt_detector_config(det: ExportedDetector, max_batch: int, gpu: GpuOpti
 def onnx_gpu_detector_config(det: ExportedDetector, max_batch: int, gpu: GpuOptions = GpuOptions()) -> mc.ModelConfig:
     """ONNX Runtime on CUDA with its TensorRT execution provider. The backend maps precision_mode to
     trt_fp16_enable and takes FP32/FP16/INT8 only, so a BF16 detector (Freepik) runs FP32 here."""
-    from genguard.export.tensorrt import precision_for
-
     config = _gpu_detector_base(det, max_batch, gpu)
     config.platform = "onnxruntime_onnx"
     shape = "x".join(str(d) for d in det.spec.input.shape)
@@ -124,7 +124,7 @@ def onnx_gpu_detector_config(det: ExportedDetector, max_batch: int, gpu: GpuOpti
     accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
     cache = f"{gpu.ort_cache.rstrip('/')}/{det.spec.name}"
     accelerator.parameters.update({
-        "precision_mode": "FP16" if precision_for(det.spec.name) == "fp16" else "FP32",
+        "precision_mode": "FP16" if gpu_precision(det.spec) == "fp16" else "FP32",
         "max_workspace_size_bytes": str(gpu.workspace_mib << 20),
         "trt_engine_cache_enable": "1",
         "trt_engine_cache_path": cache,
@@ -223,7 +223,7 @@ def docker_run_command(target: str, repository: str | Path, *, max_batch: int = 
     command = ["docker", "run", "--rm"]
     if target in GPU_TARGETS:
         command.append("--gpus=all")
-    command += [f"--shm-size={shm_mib}m", "-p", "8000-8002:8000-8002",
+    command += [f"--shm-size={shm_mib}m", "-p", f"{HTTP_PORT}-{METRICS_PORT}:{HTTP_PORT}-{METRICS_PORT}",
                 # writable: the engine builder links plans into <detector>/1/ (uid 1000 in the image)
                 "-v", f"{Path(repository).resolve()}:/models/{target}",
                 "-v", f"{cache_volume}:/engine-cache", "-e", f"GENGUARD_TARGET={target}", image]

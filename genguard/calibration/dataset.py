@@ -23,7 +23,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-NSFW_LEVELS = ("neutral", "low", "medium", "high")
+from genguard.protocol import NSFW_LEVELS
+
 AI = {"ai", "ai_generated", "ai-generated", "generated", "fake", "synthetic", "1", "true", "yes"}
 REAL = {"real", "not_ai_generated", "not-ai-generated", "human", "authentic", "photo", "0", "false", "no"}
 UNSURE = {"", "unsure", "uncertain", "unknown", "skip", "none", "null"}

@@ -8,7 +8,9 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-HOST, PORT = "127.0.0.1", 8080
+from genguard.protocol import GATEWAY_PORT as PORT
+from genguard.protocol import GRPC_PORT, HOST
+
 ENV_PREFIX = "GENGUARD_GATEWAY_"
 
 
@@ -18,7 +20,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    triton_url: str = "127.0.0.1:8001"   # Triton's gRPC host:port
+    triton_url: str = f"{HOST}:{GRPC_PORT}"  # Triton's gRPC host:port
     host: str = HOST
     port: int = PORT
     api_keys_file: str | None = None      # one key per line (# comments); required off loopback

@@ -13,13 +13,7 @@ from genguard.triton_models.common import model_config, parameters, warn_loudly
 
 def detector_specs(heads_by_detector: dict[str, dict[str, list[str]]]) -> list[specs.DetectorSpec]:
     """Specs as exported: label order comes from the ONNX metadata the renderer copied into the config."""
-    out = []
-    for name, heads in heads_by_detector.items():
-        spec = specs.get(name)
-        for head, labels in heads.items():
-            spec = specs.with_labels(spec, head, tuple(labels))
-        out.append(spec)
-    return out
+    return [specs.as_exported(specs.get(name), heads) for name, heads in heads_by_detector.items()]
 
 
 class TritonPythonModel:

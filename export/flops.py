@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     import argparse
     from pathlib import Path
 
-    parser = argparse.ArgumentParser(prog="python -m genguard.benchmarks.flops", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m genguard.export.flops", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", type=Path, help="ONNX files")
     args = parser.parse_args(argv)

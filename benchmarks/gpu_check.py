@@ -1,6 +1,6 @@
 """`make gpu-check`: everything the GPU path needs a GPU for, measured in one run, printed as one table.
 
-    python -m genguard.export.gpu_check [--build build] [--url host:8001] [--concurrency 1,4,16]
+    python -m genguard.benchmarks.gpu_check [--build build] [--url host:8001] [--concurrency 1,4,16]
 
 Rows (each with its measurement, its bound and ok/FAIL):
 
@@ -430,7 +430,7 @@ def run(build: Path, url: str | None, concurrencies, log=print) -> tuple[list[Ro
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m genguard.export.gpu_check", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m genguard.benchmarks.gpu_check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build", type=Path, default=Path("build"))
     parser.add_argument("--url", default=os.environ.get("GENGUARD_GPU_URL"),
