@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from genguard import onnx_runtime
-from genguard.benchmarks.flops import node_flops
+from genguard.export.flops import node_flops
 from genguard.scores import head_probs
 
 INT8_FILE = "model.int8.onnx"
@@ -130,9 +130,7 @@ def quantize_detector(build: Path, name: str, *, images: dict[str, bytes] | None
     budget = tolerance / 2 if budget is None else budget
     parity = json.loads(parity_path.read_text())
     meta = onnx_runtime.decode_metadata(onnx_runtime.metadata(fp32))
-    spec = specs.get(name)
-    for head, labels in meta.get("heads", {}).items():
-        spec = specs.with_labels(spec, head, tuple(labels))
+    spec = specs.as_exported(specs.get(name), meta.get("heads", {}))
     started = time.perf_counter()
     images = images or samples.all_images()
     image_names = list(images)

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from genguard import onnx_runtime, protocol
 from genguard.benchmarks import compare, perf_analyzer, report
-from genguard.benchmarks.flops import flops_per_image, node_flops
+from genguard.export.flops import flops_per_image, node_flops
 from genguard.benchmarks.report import Timing
 
 

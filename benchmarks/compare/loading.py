@@ -9,7 +9,7 @@ from pathlib import Path
 
 from genguard import onnx_runtime, protocol, specs
 from genguard.benchmarks.compare.common import PIPELINE_MODELS
-from genguard.benchmarks.flops import flops_per_image
+from genguard.export.flops import flops_per_image
 
 
 @dataclass
