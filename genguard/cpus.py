@@ -69,3 +69,39 @@ def available_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/sel
     if quota is not None:
         cpus = min(cpus, math.ceil(quota))
     return max(1, cpus)
+
+
+# ---------------------------------------------------------------------------------------------------
+# instruction sets: which CPU engine/precision options this machine can run
+
+CPUINFO = Path("/proc/cpuinfo")
+# Simulates a CPU without some instructions (tests, a "what if this ran on an older node" check): a
+# comma-separated list of /proc/cpuinfo flags treated as absent. Read here only.
+HIDE_FLAGS_ENV = "GENGUARD_CPU_HIDE_FLAGS"
+# capability -> the flags that provide it (any one suffices)
+CAPABILITIES = {
+    "bf16": ("avx512_bf16", "amx_bf16"),             # BF16 dot products: OpenVINO's BF16 inference precision
+    "vnni": ("avx512_vnni", "avx_vnni", "amx_int8"),  # INT8 dot products: fast, non-saturating INT8 GEMM/conv
+}
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO, hide: str | None = None) -> frozenset[str]:
+    """The first processor's /proc/cpuinfo flags, less those named in `hide` (default: $GENGUARD_CPU_HIDE_FLAGS)."""
+    hide = os.environ.get(HIDE_FLAGS_ENV, "") if hide is None else hide
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags = set(value.split())
+            break
+    return frozenset(flags - {f.strip() for f in hide.split(",") if f.strip()})
+
+
+def capabilities(flags: frozenset[str] | None = None) -> dict[str, bool]:
+    """{"bf16": bool, "vnni": bool} from the CPU's flags."""
+    flags = cpu_flags() if flags is None else flags
+    return {cap: any(f in flags for f in provided_by) for cap, provided_by in CAPABILITIES.items()}

@@ -10,10 +10,12 @@ _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended"
 
 
 def session(path, *, threads: int | None = None, optimization: str = "all", inter_op_threads: int = 1,
-            spinning: bool = True):
+            spinning: bool = True, arena: bool = True):
     """A CPU InferenceSession. threads=None: ORT's default (one per physical core).
 
     spinning=False stops idle intra-op threads busy-waiting: right when several sessions share the cores.
+    arena=False: no CPU memory arena (buffers freed after each run instead of kept for reuse; see
+    benchmarks/arena.py for what it costs and saves).
     """
     import onnxruntime as ort
 
@@ -22,6 +24,7 @@ def session(path, *, threads: int | None = None, optimization: str = "all", inte
     if threads:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = inter_op_threads
+    options.enable_cpu_mem_arena = arena
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"])

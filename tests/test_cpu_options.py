@@ -1,0 +1,167 @@
+"""CPU engine/precision options: the CPU capability check (real /proc/cpuinfo and simulated CPUs), each
+engine opening a real exported detector, and the accuracy records the renderer relies on (built and
+measured on a copy of the tiny build)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from genguard import cpus, engines
+from genguard.export import cpu_options
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+flags\t\t: fpu sse avx2 avx512f avx512_vnni avx512_bf16 amx_tile
+processor\t: 1
+flags\t\t: fpu sse avx2 avx512f avx512_vnni avx512_bf16 amx_tile
+"""
+
+
+def test_flags_and_capabilities_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(CPUINFO)
+    flags = cpus.cpu_flags(info, hide="")
+    assert {"avx512_bf16", "avx512_vnni"} <= flags
+    assert cpus.capabilities(flags) == {"bf16": True, "vnni": True}
+    older = cpus.cpu_flags(info, hide="avx512_bf16, avx512_vnni")
+    assert cpus.capabilities(older) == {"bf16": False, "vnni": False}
+    assert cpus.cpu_flags(tmp_path / "absent", hide="") == frozenset()
+
+
+def test_hidden_flags_come_from_one_environment_variable(monkeypatch, tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(CPUINFO)
+    monkeypatch.setenv(cpus.HIDE_FLAGS_ENV, "avx512_bf16,amx_bf16")
+    assert "avx512_bf16" not in cpus.cpu_flags(info)
+    assert cpus.capabilities(cpus.cpu_flags(info))["bf16"] is False
+
+
+def test_an_option_the_cpu_cannot_run_is_refused_naming_the_instructions():
+    no_bf16 = {"bf16": False, "vnni": True}
+    with pytest.raises(engines.OptionError, match=r"openvino-bf16 needs .*bf16: one of avx512_bf16, amx_bf16"):
+        engines.open_engine("openvino-bf16", "/nonexistent.onnx", caps=no_bf16)
+    assert engines.missing_instructions(engines.get("openvino-int8"), {"bf16": True, "vnni": False}) == ["vnni"]
+    assert engines.missing_instructions(engines.get("ort-int8"), {"bf16": False, "vnni": False}) == []
+    with pytest.raises(engines.OptionError, match="unknown CPU option 'openvino-fp8'"):
+        engines.get("openvino-fp8")
+
+
+def test_precision_map_parsing():
+    dets = ["freepik_nsfw", "sumsub_sd"]
+    assert cpu_options.parse_precision(["best"], dets) == {"freepik_nsfw": "best", "sumsub_sd": "best"}
+    assert cpu_options.parse_precision(["ort-fp32", "freepik_nsfw=openvino-bf16"], dets) == {
+        "freepik_nsfw": "openvino-bf16", "sumsub_sd": "ort-fp32"}
+    assert cpu_options.parse_precision(["freepik_nsfw=openvino-bf16,sumsub_sd=ort-int8-qdq"], dets)["sumsub_sd"] == "ort-int8-qdq"
+    with pytest.raises(engines.OptionError, match="no detector 'hive'"):
+        cpu_options.parse_precision(["hive=ort-fp32"], dets)
+    with pytest.raises(engines.OptionError, match="unknown CPU option"):
+        cpu_options.parse_precision(["sumsub_sd=bf16"], dets)
+
+
+@pytest.fixture(scope="module")
+def measured(tiny_build, tmp_path_factory):
+    """sumsub_sd (a CNN) of the tiny build, copied, with every option this CPU runs built and measured
+    on 6 sample images."""
+    from genguard.export import samples
+
+    build = tmp_path_factory.mktemp("cpu-options")
+    shutil.copytree(tiny_build / "onnx" / "sumsub_sd", build / "onnx" / "sumsub_sd")
+    images = dict(list(samples.all_images().items())[:6])
+    options = ["ort-int8-qdq", "openvino-fp32", "openvino-bf16", "openvino-int8"]
+    records = cpu_options.measure_detector(build, "sumsub_sd", options, images=images, speed_rounds=1)
+    return build / "onnx" / "sumsub_sd", records
+
+
+def test_each_option_is_measured_against_fp32_and_the_reference(measured):
+    folder, records = measured
+    parity = json.loads((folder / "parity.json").read_text())
+    assert set(parity["cpu_options"]) >= set(records)
+    caps = cpus.capabilities()
+    for name, r in records.items():
+        if engines.missing_instructions(engines.get(name), caps):
+            assert "lacks" in r["skipped"]
+            continue
+        for side in ("vs_fp32", "vs_reference"):
+            assert r[side]["images"] == 6 and 0 <= r[side]["max_abs_prob"] <= 1
+            assert r[side]["worst_image"]
+        assert r["sha256"] == cpu_options.sha256_file(folder / r["file"])
+        assert r["speed"]["images_per_s"] > 0 and r["speed"]["fp32_images_per_s"] > 0
+        assert r["within_budget"] == cpu_options.within_budget(r)
+    # the QDQ file exists, is INT8 and keeps the metadata the detector model checks
+    import onnx
+
+    qdq = onnx.load(str(folder / engines.QDQ_FILE))
+    ops = {n.op_type for n in qdq.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    meta = {p.key for p in qdq.metadata_props}
+    assert {"genguard.detector", "genguard.weights", "genguard.quantization"} <= meta
+    # OpenVINO FP32 computes what ORT FP32 does; BF16 and INT8 cost more but stay in budget on a CNN
+    if "vs_fp32" in records["openvino-fp32"]:
+        assert records["openvino-fp32"]["vs_fp32"]["max_abs_prob"] < 1e-4
+    assert records["ort-int8-qdq"]["within_budget"], records["ort-int8-qdq"]
+
+
+def test_engine_answers_within_its_recorded_budget(measured):
+    from genguard import preprocess, specs
+    from genguard.export import samples
+    from genguard.scores import head_probs
+
+    folder, records = measured
+    spec = specs.get("sumsub_sd")
+    photos = list(samples.photos().values())[:2]
+    pixels = np.stack([preprocess.preprocess_bytes(b, {"x": spec.input})[1]["x"] for b in photos])
+    base = engines.open_engine("ort-fp32", folder / "model.onnx").run(None, {"pixels": pixels})
+    for name, r in records.items():
+        if "vs_fp32" not in r:
+            continue
+        out = engines.open_engine(name, folder / r["file"]).run(None, {"pixels": pixels})
+        diff = np.abs(head_probs(spec.heads[0], out[0]) - head_probs(spec.heads[0], base[0])).max()
+        assert diff <= r["budget"]["max_abs_prob"], (name, diff)
+
+
+def test_renderer_check_refuses_missing_stale_out_of_budget_and_unrunnable(measured, tmp_path):
+    src, records = measured
+    folder = tmp_path / "sumsub_sd"
+    shutil.copytree(src, folder)
+    path, digest = cpu_options.check_option(folder, "ort-int8-qdq")
+    assert path.name == engines.QDQ_FILE and digest == records["ort-int8-qdq"]["sha256"]
+    assert cpu_options.check_option(folder, "ort-fp32") == (folder / "model.onnx", "")
+    with pytest.raises(cpu_options.OptionRefused, match="sumsub_sd: ort-int8: no accuracy record"):
+        cpu_options.check_option(folder, "ort-int8")
+    with pytest.raises(cpu_options.OptionRefused, match="sumsub_sd: openvino-bf16 needs CPU instructions"):
+        cpu_options.check_option(folder, "openvino-bf16", caps={"bf16": False, "vnni": True})
+    parity = json.loads((folder / "parity.json").read_text())
+    parity["cpu_options"]["ort-int8-qdq"]["within_budget"] = False
+    (folder / "parity.json").write_text(json.dumps(parity))
+    with pytest.raises(cpu_options.OptionRefused, match="ort-int8-qdq is outside its accuracy budget"):
+        cpu_options.check_option(folder, "ort-int8-qdq")
+    parity["cpu_options"]["ort-int8-qdq"]["within_budget"] = True
+    (folder / "parity.json").write_text(json.dumps(parity))
+    with open(folder / engines.QDQ_FILE, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(cpu_options.OptionRefused, match="record is stale"):
+        cpu_options.check_option(folder, "ort-int8-qdq")
+
+
+def test_best_picks_the_fastest_runnable_option_within_budget(tmp_path, measured):
+    src, _ = measured
+    folder = tmp_path / "sumsub_sd"
+    shutil.copytree(src, folder)
+    parity = json.loads((folder / "parity.json").read_text())
+    recs = parity["cpu_options"]
+    runnable = [n for n, r in recs.items() if "vs_fp32" in r and r["within_budget"]]
+    assert runnable
+    for i, name in enumerate(runnable):
+        recs[name]["speed"]["vs_fp32"] = 1.5 + i  # the last one is the fastest
+    (folder / "parity.json").write_text(json.dumps(parity))
+    assert cpu_options.best_option(folder) == runnable[-1]
+    if runnable[-1] == "openvino-bf16":  # a CPU without BF16 gets the next one
+        assert cpu_options.best_option(folder, caps={"bf16": False, "vnni": True}) == runnable[-2]
+    for name in runnable:
+        recs[name]["speed"]["vs_fp32"] = 0.9  # nothing beats FP32: FP32
+    (folder / "parity.json").write_text(json.dumps(parity))
+    assert cpu_options.best_option(folder) == "ort-fp32"
