@@ -13,7 +13,7 @@ from .base import WINDOW_BATCHES, BaseClient, Health
 from .errors import ModelNotReady, ServerUnavailable, not_ready
 from .inputs import Loaded, collect, load, split, windows
 from .results import Result
-from .transport import AsyncTransport, classify
+from .transport import AsyncTransport
 
 
 class AsyncClient(BaseClient):
@@ -154,12 +154,8 @@ class AsyncClient(BaseClient):
     async def _config_or_none(self, model: str) -> dict | None:
         try:
             return await self.model_config(model)
-        except ServerUnavailable:
-            raise
         except Exception as exc:
-            if classify(exc) is None:
-                raise
-            return None
+            return self._no_config(exc)
 
     async def health(self) -> Health:
         """See Client.health."""

@@ -120,6 +120,14 @@ class BaseClient:
             return self._timed_out()
         return exc
 
+    @staticmethod
+    def _no_config(exc: Exception) -> None:
+        """health()'s reading of an optional config: None when the server answered that it has none,
+        `exc` raised when the server is unreachable or the error isn't the server's."""
+        if isinstance(exc, ServerUnavailable) or classify(exc) is None:
+            raise exc
+        return None
+
     def _set_max_batch(self, config: dict) -> None:
         self._max_batch = int(config.get("max_batch_size", 0))
 

@@ -16,7 +16,7 @@ from .base import WINDOW_BATCHES, BaseClient, Health
 from .errors import ModelNotReady, ServerUnavailable, not_ready
 from .inputs import Loaded, collect, load, split, windows
 from .results import Result
-from .transport import Transport, classify
+from .transport import Transport
 
 
 class Client(BaseClient):
@@ -195,12 +195,8 @@ class Client(BaseClient):
     def _config_or_none(self, model: str) -> dict | None:
         try:
             return self.model_config(model)
-        except ServerUnavailable:
-            raise
         except Exception as exc:
-            if classify(exc) is None:
-                raise
-            return None
+            return self._no_config(exc)
 
     def health(self) -> Health:
         """Server liveness/readiness and the readiness of the ensemble and each model it runs.

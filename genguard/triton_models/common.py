@@ -11,6 +11,7 @@ import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from genguard import protocol
 from genguard.cpus import available_cpus
 from genguard.preprocess import DecodeLimits
 
@@ -37,6 +38,13 @@ def worker_pool(threads: str, prefix: str) -> ThreadPoolExecutor:
     """Threads for per-image work (Pillow releases the GIL while decoding): the configured count, else
     the container's CPU quota (not the node's core count)."""
     return ThreadPoolExecutor(max_workers=int(threads or "0") or available_cpus(), thread_name_prefix=prefix)
+
+
+def image_rows(pb_utils, request) -> list[bytes]:
+    """A request's encoded images: one row of the UINT8 [N, L] IMAGE tensor each (zero padding kept; the
+    decoders and genguard.preprocess strip it)."""
+    images = pb_utils.get_input_tensor_by_name(request, protocol.INPUT).as_numpy()
+    return [row.tobytes() for row in images.reshape(images.shape[0], -1)]
 
 
 def warn_loudly(pb_utils, message: str) -> None:

@@ -12,7 +12,7 @@ from genguard import protocol, specs
 from genguard.preprocess import ImageRejected, encoded_extent, preprocess_bytes
 from genguard.provenance import Extractor, ProvenanceConfig
 from genguard.triton_models import metrics
-from genguard.triton_models.common import decode_limits, model_config, parameters, worker_pool
+from genguard.triton_models.common import decode_limits, image_rows, model_config, parameters, worker_pool
 
 
 class TritonPythonModel:
@@ -39,9 +39,7 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
-            images = pb_utils.get_input_tensor_by_name(request, protocol.INPUT).as_numpy()
-            images = images.reshape(images.shape[0], -1)
-            results = list(self.pool.map(self._one, (row.tobytes() for row in images)))
+            results = list(self.pool.map(self._one, image_rows(pb_utils, request)))
             self.metrics.record(info for info, _ in results)
             outputs = []
             for name, spec in self.inputs.items():

@@ -15,7 +15,7 @@ from genguard.dali import DALI_INPUT, pack, screen
 from genguard.preprocess import encoded_extent
 from genguard.provenance import Extractor, ProvenanceConfig
 from genguard.triton_models import metrics
-from genguard.triton_models.common import decode_limits, model_config, parameters, worker_pool
+from genguard.triton_models.common import decode_limits, image_rows, model_config, parameters, worker_pool
 
 
 class TritonPythonModel:
@@ -42,9 +42,7 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
-            images = pb_utils.get_input_tensor_by_name(request, protocol.INPUT).as_numpy()
-            images = images.reshape(images.shape[0], -1)
-            screened = list(self.pool.map(self._one, (row.tobytes() for row in images)))
+            screened = list(self.pool.map(self._one, image_rows(pb_utils, request)))
             self.metrics.record(s.info for s in screened)
             infos = np.array([[json.dumps(s.info).encode()] for s in screened], dtype=np.object_)
             responses.append(pb_utils.InferenceResponse(output_tensors=[
