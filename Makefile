@@ -13,8 +13,10 @@ REVISIONS ?=
 LABELS ?=
 DETECTORS ?=
 TARGET ?= cpu
-# CPU speed options (off by default; benchmarks report their accuracy cost): INT8=1, ORT_OPT=basic, ORT_THREADS=N
+# CPU speed options (off by default; benchmarks report their accuracy cost): INT8=1, ORT_OPT=basic, ORT_THREADS=N,
+# PRECISION="best" or "freepik_nsfw=openvino-bf16 sumsub_sd=ort-int8-qdq" (records: make cpu-options)
 INT8 ?=
+PRECISION ?=
 ORT_OPT ?= all
 ORT_THREADS ?= 0
 # fusion configuration (JSON of FusionConfig fields, e.g. from `genguard calibrate`) for serve/repository
@@ -27,7 +29,7 @@ PROVENANCE ?=
 EXPORT_ARGS = --weights $(WEIGHTS) --build $(BUILD) $(if $(DETECTORS),--detectors $(DETECTORS)) \
 	$(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(foreach r,$(REVISIONS),--revision $(r)) $(foreach l,$(LABELS),--labels $(l))
 
-.PHONY: setup test export quantize repository serve stop bench bench-compare soak gpu-check image clean weights weights-unpack
+.PHONY: setup test export quantize cpu-options repository serve stop bench bench-compare soak gpu-check image clean weights weights-unpack
 
 # Dependencies are reinstalled only when pyproject.toml changes; the editable install of this
 # checkout is refreshed every time (a cached venv may have been made from another clone).
@@ -62,9 +64,14 @@ weights-unpack: setup
 quantize: setup
 	$(BIN)/python -m genguard.export.quantize --build $(BUILD)
 
+# CPU engine/precision options (ORT INT8/QDQ, OpenVINO FP32/BF16/INT8): build, measure vs FP32 and the reference, record
+cpu-options: setup
+	$(BIN)/python -m genguard.export.cpu_options --build $(BUILD) $(if $(DETECTORS),--detectors $(DETECTORS))
+
 # Render the Triton model repository for TARGET from build/onnx (prints where).
 repository: setup
 	$(BIN)/python -m genguard.export.repository --target $(TARGET) --build $(BUILD) $(if $(FUSION),--fusion $(FUSION)) \
+		$(if $(INT8),--int8) $(foreach p,$(PRECISION),--precision $(p)) \
 		$(if $(TRUST_ANCHORS),--trust-anchors $(TRUST_ANCHORS)) $(if $(PROVENANCE),--provenance $(PROVENANCE))
 
 # Export what the build lacks or holds differently from WEIGHTS/CHECKPOINTS/LABELS/DETECTORS, render the cpu
@@ -72,7 +79,8 @@ repository: setup
 serve: setup
 	$(BIN)/python -m genguard.export.serve --weights $(WEIGHTS) --build $(BUILD) $(foreach c,$(CHECKPOINTS),--checkpoint $(c)) \
 		$(foreach r,$(REVISIONS),--revision $(r)) $(foreach l,$(LABELS),--labels $(l)) $(if $(DETECTORS),--detectors $(DETECTORS)) \
-		--ort-optimization $(ORT_OPT) --ort-threads $(ORT_THREADS) $(if $(INT8),--int8) $(if $(FUSION),--fusion $(FUSION)) \
+		--ort-optimization $(ORT_OPT) --ort-threads $(ORT_THREADS) $(if $(INT8),--int8) $(foreach p,$(PRECISION),--precision $(p)) \
+		$(if $(FUSION),--fusion $(FUSION)) \
 		$(if $(TRUST_ANCHORS),--trust-anchors $(TRUST_ANCHORS)) $(if $(PROVENANCE),--provenance $(PROVENANCE))
 
 stop:

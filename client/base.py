@@ -30,6 +30,7 @@ class Health:
     models: dict[str, bool] = field(default_factory=dict)   # the ensemble and each of its steps -> ready
     weights: dict[str, str] = field(default_factory=dict)   # detector -> real | random, when the server says
     revisions: dict[str, str | None] = field(default_factory=dict)  # detector -> hub commit served (None: local/random)
+    engines: dict[str, dict] = field(default_factory=dict)  # detector -> {option, engine, precision} (cpu target)
 
     @property
     def ok(self) -> bool:

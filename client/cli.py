@@ -268,6 +268,9 @@ def health(args) -> int:
         if name in status.weights:  # a detector: which weights, and the hub revision it serves
             revision = status.revisions.get(name)
             weights = f"  {status.weights[name]} weights" + (f", revision {revision}" if revision else "")
+            engine = status.engines.get(name)
+            if engine:  # the CPU engine and precision it runs on (make serve PRECISION=...)
+                weights += f", {engine.get('engine')} {engine.get('precision')}"
         print(f"  {name.ljust(width)}  {'ready' if ready else 'NOT READY'}{weights}")
     random = sorted(d for d, w in status.weights.items() if w == "random")
     if random:

@@ -12,7 +12,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from genguard import engines, specs
 from genguard.export.__main__ import UsageError, only_detectors, stale_exports
+from genguard.export.cpu_options import parse_precision
 from genguard.export.__main__ import main as export_main
 from genguard.export.repository import CpuOptions, RepositoryError, render
 from genguard.fusion import FusionConfig
@@ -51,7 +53,13 @@ def serve(args) -> int:
         if export_main(only_detectors(argv, stale)) != 0:
             return 1
     try:
-        cpu = CpuOptions(optimization=args.ort_optimization, intra_op_threads=args.ort_threads, int8=args.int8)
+        try:
+            precision = parse_precision(args.precision, list(wanted or specs.DETECTORS))
+        except engines.OptionError as exc:
+            print(f"make serve PRECISION: {exc}", file=sys.stderr)
+            return 2
+        cpu = CpuOptions(optimization=args.ort_optimization, intra_op_threads=args.ort_threads, int8=args.int8,
+                         precision=tuple(precision.items()), arena=not args.no_arena)
         fusion = None
         if getattr(args, "fusion", None):
             try:  # e.g. `genguard calibrate`'s output
@@ -109,7 +117,12 @@ def main(argv=None) -> int:
     serve_p.add_argument("--timeout", type=float, default=300)
     serve_p.add_argument("--gateway-port", type=int, default=GATEWAY_PORT,
                          help=f"REST gateway on {HOST}:PORT next to Triton (0: none)")
-    serve_p.add_argument("--int8", action="store_true", help="serve the INT8 models (speed option)")
+    serve_p.add_argument("--int8", action="store_true",
+                         help="serve the INT8 models (make quantize's record; = --precision ort-int8 on that record)")
+    serve_p.add_argument("--precision", action="append", default=[], metavar="[NAME=]OPTION",
+                         help="CPU engine/precision per detector: ort-fp32, ort-int8, ort-int8-qdq, openvino-fp32, "
+                              "openvino-bf16, openvino-int8, or best (repeatable; a plain value: every detector)")
+    serve_p.add_argument("--no-arena", action="store_true", help="ONNX Runtime without its CPU memory arena")
     serve_p.add_argument("--fusion", default=None, metavar="FILE",
                          help="JSON of FusionConfig fields (e.g. written by `genguard calibrate`)")
     serve_p.add_argument("--trust-anchors", default=None, metavar="PEM",

@@ -169,11 +169,12 @@ class Fuser:
     """Fuses one image's head logits into its answer; built once per served configuration."""
 
     def __init__(self, detectors: list[DetectorSpec], config: FusionConfig, weights: dict[str, str],
-                 revisions: dict[str, str | None] | None = None):
+                 revisions: dict[str, str | None] | None = None, engines: dict[str, dict] | None = None):
         self.detectors = detectors
         self.config = config
         self.weights_used = weights  # detector -> "real" | "random"
         self.revisions = revisions or {}  # detector -> hub commit served (None: local path or random)
+        self.engines = engines or {}  # detector -> {option, engine, precision} (cpu target)
         self.sources = source_names(detectors)
         self.nsfw = nsfw_labels(detectors)
         if self.nsfw and config.nsfw_level not in self.nsfw[1:]:
@@ -323,6 +324,8 @@ class Fuser:
                 doc["provenance"] = self.provenance_block(info["provenance"])
         doc["weights"] = self.weights_used
         doc["revisions"] = self.revisions
+        if self.engines:
+            doc["engines"] = self.engines
         doc["fusion"] = {"rule": self.config.rule, "threshold": self.config.threshold, "margin": self.config.margin,
                          "id": self.config.fusion_id}
         if self.warnings:

@@ -8,11 +8,15 @@ import shlex
 import sys
 from pathlib import Path
 
+from genguard import specs
+from genguard.engines import OptionError
+from genguard.export.cpu_options import parse_precision
 from genguard.fusion import FusionConfig
 from genguard.provenance import ProvenanceConfig
 
 from . import __doc__ as PACKAGE_DOC
 from .common import DEFAULT_MAX_BATCH, GPU_TARGETS, TARGETS, RepositoryError
+from .cpu import CpuOptions
 from .gpu import GpuOptions, docker_run_command
 from .render import render
 
@@ -34,6 +38,12 @@ def main(argv=None) -> int:
                        help="copy model.onnx files (default for the GPU targets: a self-contained repository)")
     files.add_argument("--link", dest="copy", action="store_const", const=False,
                        help="symlink model.onnx files to BUILD/onnx (default for cpu; only where BUILD stays)")
+    cpu_args = parser.add_argument_group("cpu target")
+    cpu_args.add_argument("--precision", action="append", default=[], metavar="[NAME=]OPTION",
+                          help="CPU engine/precision per detector (genguard.engines: ort-fp32, ort-int8, ort-int8-qdq, "
+                               "openvino-fp32, openvino-bf16, openvino-int8) or best; a plain value: every detector")
+    cpu_args.add_argument("--int8", action="store_true", help="serve model.int8.onnx on make quantize's record")
+    cpu_args.add_argument("--no-arena", action="store_true", help="ONNX Runtime without its CPU memory arena")
     gpu_args = parser.add_argument_group("GPU targets (onnx-gpu, tensorrt)")
     gpu_args.add_argument("--instances", type=int, default=1, help="instances of each detector per GPU")
     gpu_args.add_argument("--gpus", default="", help="comma-separated GPU ids (default: all)")
@@ -49,8 +59,14 @@ def main(argv=None) -> int:
     gpu = GpuOptions(instances=args.instances, gpus=tuple(int(g) for g in args.gpus.split(",") if g.strip()),
                      opt_batch=args.opt_batch, verify=args.verify, ort_cache=args.ort_cache)
     try:
+        precision = parse_precision(args.precision, list(specs.DETECTORS))
+    except OptionError as exc:
+        print(f"--precision: {exc}", file=sys.stderr)
+        return 2
+    cpu = CpuOptions(int8=args.int8, precision=tuple(precision.items()), arena=not args.no_arena)
+    try:
         out = render(args.target, args.build, args.out, max_batch=args.max_batch, fusion=fusion, copy=args.copy,
-                     gpu=gpu, provenance=provenance)
+                     gpu=gpu, provenance=provenance, cpu=cpu)
     except RepositoryError as exc:
         print(exc, file=sys.stderr)
         return 1

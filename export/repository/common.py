@@ -148,7 +148,9 @@ def detector_tensors(config: mc.ModelConfig, spec: DetectorSpec) -> None:
                 f"{head.name}_labels.txt" if head.activation == "softmax" else None)
 
 
-def postprocess_config(dets: list[ExportedDetector], max_batch: int, fusion: FusionConfig) -> mc.ModelConfig:
+def postprocess_config(dets: list[ExportedDetector], max_batch: int, fusion: FusionConfig,
+                       cpu_options: dict[str, str] | None = None) -> mc.ModelConfig:
+    """cpu_options: detector -> genguard.engines option served (cpu target), named in every answer."""
     detector_specs = [d.spec for d in dets]
     config = mc.ModelConfig(name=protocol.POSTPROCESS, backend="python", max_batch_size=max_batch)
     _tensor(config.input, protocol.IMAGE_INFO, mc.TYPE_STRING, [1])
@@ -163,7 +165,16 @@ def postprocess_config(dets: list[ExportedDetector], max_batch: int, fusion: Fus
             weights={d.spec.name: d.weights for d in dets},
             revisions={d.spec.name: d.revision for d in dets},
             fusion=fusion.to_json())
+    if cpu_options:
+        _params(config, engines={name: engine_label(option) for name, option in cpu_options.items()})
     return config
+
+
+def engine_label(option: str) -> dict[str, str]:
+    from genguard import engines
+
+    o = engines.get(option)
+    return {"option": o.name, "engine": o.engine, "precision": o.precision}
 
 
 def output_tensors(detector_specs: list[DetectorSpec]):

@@ -2,7 +2,8 @@
 tritonserver bundled in PyPI nvidia-pytriton (`make serve`).
 
   preprocess/   python backend: encoded images -> one tensor per distinct input spec + IMAGE_INFO
-  <detector>/   python backend running 1/model.onnx on ONNX Runtime (CPU), one per exported detector
+  <detector>/   python backend running its ONNX file on the configured CPU engine (genguard.engines: ONNX
+                Runtime FP32 by default; ORT INT8, OpenVINO FP32/BF16/INT8 by --precision), one per exported detector
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from genguard import protocol, specs
+from genguard import engines, protocol, specs
 from genguard.preprocess import DecodeLimits
 from genguard.provenance import ProvenanceConfig
 
-from .common import (INT8_FILE, ExportedDetector, QueuePolicy, _params, _tensor, _write_model, apply_queue_policy,
-                     detector_tensors, label_files)
+from .common import (INT8_FILE, ExportedDetector, QueuePolicy, RepositoryError, _params, _tensor, _write_model,
+                     apply_queue_policy, detector_tensors, label_files)
 
 
 def preprocess_config(inputs: dict[str, specs.InputSpec], max_batch: int, limits: DecodeLimits,
@@ -43,37 +44,76 @@ class CpuOptions:
 
     optimization:     ORT graph optimisation level: disable, basic, extended, all.
     intra_op_threads: 0 = ORT's default (one per physical core).
-    int8:             serve build/onnx/<name>/model.int8.onnx (dynamic INT8 MatMul/Gemm) instead of FP32.
+    int8:             serve build/onnx/<name>/model.int8.onnx (dynamic INT8 MatMul/Gemm) instead of FP32, vouched
+                      for by make quantize's record (INT8=1; --precision ort-int8 asks for the full record).
+    precision:        (detector, option) pairs: a genguard.engines option, or "best" (the fastest recorded option
+                      within budget that this CPU runs); detectors not named serve ort-fp32 (or INT8 with int8).
+    arena:            ONNX Runtime's CPU memory arena (benchmarks/results/arena-*.md: what it costs and saves).
     queue:            the entry step's queue policy for bursts.
     """
 
     optimization: str = "all"
     intra_op_threads: int = 0
     int8: bool = False
+    precision: tuple[tuple[str, str], ...] = ()
+    arena: bool = True
     queue: QueuePolicy = QueuePolicy()
 
     def onnx_file(self) -> str:
         return INT8_FILE if self.int8 else "model.onnx"
 
+    def option_for(self, detector: str) -> str:
+        """The option asked for `detector` ("best" unresolved); INT8=1 is ort-int8 on quantize's record."""
+        asked = dict(self.precision).get(detector)
+        return asked or ("ort-int8" if self.int8 else engines.DEFAULT)
+
+
+def resolve_option(det: ExportedDetector, options: CpuOptions) -> tuple[str, Path, str]:
+    """(option, file, sha256) to serve for `det`, refusing with RepositoryError an option that is unknown, that
+    this CPU can't run, or whose accuracy record is missing, stale or outside its budget."""
+    from genguard.export import cpu_options
+
+    folder = det.onnx.parent
+    asked = dict(options.precision).get(det.spec.name)
+    if asked is None:  # the defaults keep their own checks: FP32 parity, or INT8=1's quantize record
+        path, digest = det.checked_onnx(options.int8)
+        return ("ort-int8" if options.int8 else engines.DEFAULT), path, digest
+    option = cpu_options.best_option(folder) if asked == "best" else asked
+    if option == engines.DEFAULT:
+        path, digest = det.checked_onnx(False)
+        return option, path, digest
+    try:
+        path, digest = cpu_options.check_option(folder, option)
+    except cpu_options.OptionRefused as exc:
+        raise RepositoryError(f"--precision refused: {exc}") from None
+    return option, path, digest
+
 
 def detector_config(det: ExportedDetector, max_batch: int, options: CpuOptions = CpuOptions(),
-                    onnx_sha256: str = "") -> mc.ModelConfig:
+                    onnx_sha256: str = "", option: str | None = None, onnx_file: str | None = None) -> mc.ModelConfig:
     spec = det.spec
     config = mc.ModelConfig(name=spec.name, backend="python", max_batch_size=max_batch)
     detector_tensors(config, spec)
     config.dynamic_batching.max_queue_delay_microseconds = 2000
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
-    _params(config, detector=spec.name, onnx_file=options.onnx_file(), weights=det.weights,
+    option = engines.get(option or ("ort-int8" if options.int8 else engines.DEFAULT))
+    _params(config, detector=spec.name, onnx_file=onnx_file or options.onnx_file(), weights=det.weights,
             checkpoint=det.checkpoint, intra_op_threads=str(options.intra_op_threads),
-            optimization=options.optimization, onnx_sha256=onnx_sha256)
+            optimization=options.optimization, onnx_sha256=onnx_sha256, cpu_option=option.name,
+            engine=option.engine, precision=option.precision, arena="1" if options.arena else "0")
     return config
 
 
 def render_cpu(out: Path, dets: list[ExportedDetector], inputs: dict[str, specs.InputSpec], max_batch: int,
-               limits: DecodeLimits, cpu: CpuOptions, copy: bool, provenance: ProvenanceConfig) -> None:
+               limits: DecodeLimits, cpu: CpuOptions, copy: bool, provenance: ProvenanceConfig) -> dict[str, str]:
+    """Writes preprocess and the detectors; returns each detector's CPU option (for the answer)."""
     _write_model(out, preprocess_config(inputs, max_batch, limits, queue=cpu.queue, provenance=provenance),
                  model_py="preprocess")
+    chosen = {}
     for det in dets:
-        onnx, digest = det.checked_onnx(cpu.int8)
-        _write_model(out, detector_config(det, max_batch, cpu, onnx_sha256=digest), label_files(det.spec),
-                     model_py="detector", onnx=onnx, copy=copy)
+        option, onnx, digest = resolve_option(det, cpu)
+        chosen[det.spec.name] = option
+        # the served file keeps its own name (model.qdq.onnx...): the detector model opens params["onnx_file"]
+        _write_model(out, detector_config(det, max_batch, cpu, onnx_sha256=digest, option=option, onnx_file=onnx.name),
+                     label_files(det.spec), model_py="detector", onnx=onnx, copy=copy)
+    return chosen

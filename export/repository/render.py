@@ -81,12 +81,13 @@ def _render_into(out: Path, target: str, dets: list[ExportedDetector], max_batch
                  provenance: ProvenanceConfig = ProvenanceConfig()) -> None:
     inputs = specs.distinct_inputs([d.spec for d in dets])
     detector_specs = [d.spec for d in dets]
+    chosen: dict[str, str] = {}
     if target in GPU_TARGETS:
         render_gpu(target, out, dets, inputs, max_batch, limits, gpu, copy, provenance)
     else:
-        render_cpu(out, dets, inputs, max_batch, limits, cpu, copy, provenance)
+        chosen = render_cpu(out, dets, inputs, max_batch, limits, cpu, copy, provenance)
     post_files = {"sources.txt": "\n".join(source_names(detector_specs)) + "\n"}
     if nsfw_labels(detector_specs):
         post_files["nsfw_levels.txt"] = "\n".join(nsfw_labels(detector_specs)) + "\n"
-    _write_model(out, postprocess_config(dets, max_batch, fusion), post_files, model_py="postprocess")
+    _write_model(out, postprocess_config(dets, max_batch, fusion, chosen), post_files, model_py="postprocess")
     _write_model(out, ensemble_config(dets, inputs, max_batch, validate=target in GPU_TARGETS), post_files)

@@ -1,8 +1,9 @@
-"""One GenGuard detector (python backend): its exported ONNX on ONNX Runtime (CPU).
+"""One GenGuard detector (python backend): its exported ONNX on the configured CPU engine (genguard.engines:
+ONNX Runtime FP32 by default, ORT INT8, OpenVINO FP32/BF16/INT8).
 
-Requests gathered by the dynamic batcher run as one ONNX Runtime batch. Refuses to load when the ONNX
-file is missing, unreadable, is not the file whose parity check the renderer verified (sha256), or
-disagrees with the config (detector, heads, weights provenance).
+Requests gathered by the dynamic batcher run as one batch. Refuses to load when the ONNX file is missing,
+unreadable, is not the file whose accuracy check the renderer verified (sha256), disagrees with the config
+(detector, heads, weights provenance), or needs CPU instructions this machine lacks (BF16, VNNI).
 """
 
 import json
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from genguard import onnx_runtime, protocol
+from genguard import engines, onnx_runtime, protocol
 from genguard.checksums import sha256_file
 from genguard.triton_models.common import model_config, parameters, warn_loudly
 
@@ -33,24 +34,32 @@ class TritonPythonModel:
                 "its parity check (sha256 differs); render the repository again (make serve / make repository)"
             )
         try:
-            self.session = onnx_runtime.session(
-                path,
+            option = engines.get(params.get("cpu_option", engines.DEFAULT))
+            engines.check_cpu(option)  # the renderer checked this machine; the server may run on another
+        except engines.OptionError as exc:
+            raise pb_utils.TritonModelException(f"{self.name}: {exc}") from None
+        try:
+            self.session = engines.open_engine(
+                option, path,
                 threads=int(params.get("intra_op_threads", "0")) or None,
                 optimization=params.get("optimization", "all"),
                 spinning=False,  # several detectors share the cores; spinning threads would steal them
+                arena=params.get("arena", "1") != "0",
             )
+            raw = (self.session.metadata() if isinstance(self.session, engines.OrtEngine)
+                   else onnx_runtime.metadata(path))
         except Exception as exc:
-            raise pb_utils.TritonModelException(f"{self.name}: {path} is not a valid ONNX model: {exc}") from None
-        meta = {k.removeprefix("genguard."): json.loads(v)
-                for k, v in self.session.get_modelmeta().custom_metadata_map.items() if k.startswith("genguard.")}
+            raise pb_utils.TritonModelException(
+                f"{self.name}: {path} is not a valid ONNX model for {option.name}: {exc}") from None
+        meta = {k.removeprefix("genguard."): json.loads(v) for k, v in raw.items() if k.startswith("genguard.")}
         self.outputs = [o["name"] for o in config["output"]]
         problems = []
         if meta.get("detector") != params["detector"]:
             problems.append(f"ONNX detector {meta.get('detector')!r} != config {params['detector']!r}")
         if meta.get("weights") != params["weights"]:
             problems.append(f"ONNX weights {meta.get('weights')!r} != config {params['weights']!r}")
-        if sorted(o.name for o in self.session.get_outputs()) != sorted(self.outputs):
-            problems.append(f"ONNX outputs {[o.name for o in self.session.get_outputs()]} != config {self.outputs}")
+        if sorted(self.session.output_names) != sorted(self.outputs):
+            problems.append(f"ONNX outputs {self.session.output_names} != config {self.outputs}")
         if problems:
             raise pb_utils.TritonModelException(f"{self.name}: {path}: " + "; ".join(problems))
         if params["weights"] == "random":

@@ -22,7 +22,8 @@ class TritonPythonModel:
         params = parameters(config)
         self.detectors = detector_specs(json.loads(params["detectors"]))
         self.fuser = Fuser(self.detectors, FusionConfig.from_json(params.get("fusion", "")),
-                           json.loads(params["weights"]), json.loads(params.get("revisions", "{}")))
+                           json.loads(params["weights"]), json.loads(params.get("revisions", "{}")),
+                           json.loads(params.get("engines", "{}")))
         self.output_names = {o["name"] for o in config["output"]}
         self.metrics = metrics.AnswerMetrics(pb_utils, json.loads(params["weights"]), self.fuser.sources,
                                              self.fuser.nsfw)
