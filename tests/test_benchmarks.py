@@ -172,7 +172,7 @@ def test_int8_targets_follow_what_the_server_serves_not_the_tag():
     assert compare.served_tag(served("model.onnx")) == "fp32"
     # main() passes serves_int8(...) to targets(); a user's --tag "int8-try" on an FP32 server keeps FP32 goals
     source = (Path(compare.__file__).parent / "cli.py").read_text()
-    assert "targets(summary[0], agree, serves_int8(detectors))" in source and 'tag.startswith("int8")' not in source
+    assert "targets(summary[0], agree, serves_int8(detectors), serves_options(detectors))" in source and 'tag.startswith("int8")' not in source
 
 
 def test_markdown_table_formats_cells():
@@ -408,3 +408,67 @@ def test_bench_compare_end_to_end(triton, tiny_build, pa, tmp_path):
     assert result["peak"]["fp32_peak_gflops"] > 0 and result["flops"]["sumsub_sd"] > 0
     text = (out / "compare-fp32.md").read_text()
     assert "## Targets" in text and "Triton overhead over in-process" in text
+
+
+# ---------------------------------------------------------------------------------------------------
+# issue 20: engine/precision options, memory
+
+
+def test_ensemble_of_options_adds_up_model_times_and_picks_in_budget_options():
+    from genguard.benchmarks.compare import options
+
+    rows = [{"detector": "a", "option": "opt=all", "images_per_s": 10.0, "max_abs_prob": 1e-6},
+            {"detector": "a", "option": "openvino-bf16", "images_per_s": 20.0, "within_budget": True, "max_abs_prob": 3e-3},
+            {"detector": "a", "option": "INT8, every MatMul", "images_per_s": 40.0, "max_abs_prob": 0.2},
+            {"detector": "b", "option": "opt=all", "images_per_s": 5.0, "max_abs_prob": 1e-6},
+            {"detector": "b", "option": "ort-int8-qdq", "images_per_s": 50.0, "within_budget": False, "max_abs_prob": 0.03}]
+    fp32, best = options.ensemble_rows(rows, {"a": 5.0, "b": 5.0})
+    assert fp32["images_per_s"] == pytest.approx(1 / (1 / 10 + 1 / 5))
+    assert best["images_per_s"] == pytest.approx(1 / (1 / 20 + 1 / 5))  # no out-of-budget option picked
+    assert best["note"] == "a: openvino-bf16, b: opt=all" and best["max_abs_prob"] == 3e-3
+    assert best["vs_reference"] == pytest.approx(best["images_per_s"] / 2.5)
+    assert best["speedup"] == pytest.approx(best["images_per_s"] / fp32["images_per_s"])
+    assert options.ensemble_rows(rows, {"a": 5.0}) == []  # a detector without its reference: no sum
+
+
+def test_options_target_is_three_times_within_the_budget():
+    items = {t["fmt"]: t for t in compare.targets({"served_vs_reference": 2.7, "triton_overhead": 0.05},
+                                                  {"max_abs_prob": 4e-3}, int8=False, options=True)}
+    assert items["x"]["goal"] == 3.0 and not items["x"]["met"] and "options" in items["x"]["target"]
+    assert items["sci"]["goal"] == 1e-2 and items["sci"]["met"]
+
+
+def test_peak_memory_is_measured_and_can_be_reset():
+    from genguard.benchmarks.compare import memory
+
+    if not memory.reset_peak():
+        pytest.skip("this kernel refuses clear_refs")
+    before = memory.peak_bytes()
+    block = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB touched
+    assert memory.peak_bytes() >= before + (60 << 20)
+    del block
+    memory.release()
+    memory.reset_peak()
+    assert memory.peak_bytes() < before + (60 << 20) and memory.process_peak_bytes() >= before + (60 << 20)
+
+
+@pytest.mark.server
+def test_bench_compare_options_table_with_engines_and_memory(triton, tiny_build, pa, tmp_path):
+    out = tmp_path / "results"
+    assert compare.main(["--build", str(tiny_build), "--scratch", str(tmp_path / "scratch"),
+                         "--http-url", triton.http_url, "--grpc-url", triton.grpc_url, "--images", "2", "--batch", "2",
+                         "--min-seconds", "0.1", "--rounds", "1", "--detector-rounds", "1", "--options-rounds", "1",
+                         "--detectors", "sumsub_sd", "--detector-concurrency", "1", "--no-ensemble",
+                         "--peak-seconds", "0.1", "--no-preprocessing", "--out", str(out)]) == 0
+    result = json.loads((out / "compare-fp32.json").read_text())
+    options = {r["option"]: r for r in result["options"]}
+    assert options["opt=all"]["images_per_s"] > 0 and options["opt=all"]["peak_mb"] > 0
+    assert options["openvino-fp32"]["images_per_s"] > 0 and options["openvino-fp32"]["max_abs_prob"] < 1e-4
+    assert "no accuracy record" in options["openvino-fp32"]["note"]  # the tiny build has none
+    assert options["ort-int8-qdq"]["note"].startswith("not built")
+    assert options["openvino-fp32"]["vs_reference"] > 0
+    mem = result["memory"]
+    assert 0 < mem["process_peak_bytes"] <= mem["limit_bytes"] and mem["served_stack_pss_bytes"] > 0
+    peak_target = next(t for t in result["targets"] if "peak memory" in t["target"])
+    assert peak_target["met"]
+    assert "## Memory" in (out / "compare-fp32.md").read_text()

@@ -37,11 +37,16 @@ from genguard.benchmarks.compare import options as options_table
 from genguard.benchmarks.compare import preprocessing as preprocessing_table
 from genguard.benchmarks.compare.bench import Bench
 from genguard.benchmarks.compare.common import log
-from genguard.benchmarks.compare.loading import discover, load_detector, sample_images, served_tag, serves_int8
+from genguard.benchmarks.compare import memory
+from genguard.benchmarks.compare.loading import (discover, load_detector, sample_images, served_tag, serves_int8,
+                                                 serves_options)
 from genguard.benchmarks.compare.summary import best_peak, summarize, target_rows, targets
 from genguard.benchmarks.compare.writing import (DETECTOR_COLUMNS, OPTION_COLUMNS, PRE_COLUMNS, SUMMARY_COLUMNS,
-                                                 TARGET_COLUMNS, write)
+                                                 TARGET_COLUMNS, memory_line, write)
 from genguard.benchmarks.report import ratio, text_table
+
+
+PEAK_LIMIT_BYTES = 12 * 2**30  # issue 20: bench-compare must fit next to `make serve` on a 24 GiB machine
 
 
 def parse_args(argv=None):
@@ -114,7 +119,7 @@ def main(argv=None) -> int:
     chosen = [d for d in detectors if not args.detectors or d.name in args.detectors.split(",")]
     tag = args.tag or served_tag(detectors)
 
-    detector_rows, option_rows, summary, repeats = [], [], [], {}
+    detector_rows, option_rows, summary, repeats, reference_ips = [], [], [], {}, {}
     ensemble_rows, agree = [], {}
     if not args.no_ensemble:
         ensemble_rows, agree = ensemble_table.rows(bench, peak)
@@ -127,7 +132,12 @@ def main(argv=None) -> int:
         from genguard.export.reference import open_rgb
 
         ref_probs = det.reference.probs([open_rgb(b) for b in bench.data])
-        option_rows += options_table.rows(bench, det, ref_probs, repeats[det.name])
+        reference = [r for r in detector_rows if r["detector"] == det.name and r["mode"].startswith("reference")]
+        reference_ips[det.name] = max((r["images_per_s"] for r in reference), default=None)
+        option_rows += options_table.rows(bench, det, ref_probs, repeats[det.name], reference_ips[det.name])
+        log(f"  process peak so far {memory.peak_bytes() / 2**30:.2f} GiB")
+    if option_rows:
+        option_rows += options_table.ensemble_rows(option_rows, reference_ips)
     pre_rows = [] if args.no_preprocessing else preprocessing_table.rows(bench)
     log("measuring the matrix-multiply peak again (the run's peak is the higher of the two)")
     peak = best_peak(peak, machine.matmul_peak(seconds=args.peak_seconds))
@@ -147,7 +157,15 @@ def main(argv=None) -> int:
             s.update(agree["detectors"][name]["served_vs_reference"])
         summary.append(s)
     # Judged by what the server serves: a --tag names the output files, it doesn't choose the targets.
-    target_items = targets(summary[0], agree, serves_int8(detectors)) if ensemble_rows else []
+    target_items = (targets(summary[0], agree, serves_int8(detectors), serves_options(detectors))
+                    if ensemble_rows else [])
+    mem = {"process_peak_bytes": memory.process_peak_bytes(),
+           "process_rss_bytes": memory.rss_bytes(), "served_stack_pss_bytes": memory.served_stack_bytes(args.http_url),
+           "limit_bytes": PEAK_LIMIT_BYTES}
+    target_items.append({"target": f"bench-compare's own peak memory (GiB) ≤ {PEAK_LIMIT_BYTES / 2**30:.0f} GiB",
+                         "value": mem["process_peak_bytes"] / 2**30, "goal": PEAK_LIMIT_BYTES / 2**30,
+                         "met": mem["process_peak_bytes"] <= PEAK_LIMIT_BYTES, "fmt": ".2f",
+                         "by": None})
     finished = time.time()
     info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result = {
@@ -161,7 +179,7 @@ def main(argv=None) -> int:
                    "detectors": {d.name: d.params for d in detectors}},
         "flops": {d.name: d.flops for d in detectors}, "repeats": repeats,
         "summary": summary, "ensemble": ensemble_rows, "detectors": detector_rows, "options": option_rows,
-        "preprocessing": pre_rows, "agreement": agree, "targets": target_items,
+        "preprocessing": pre_rows, "agreement": agree, "targets": target_items, "memory": mem,
     }
     write(result, args.out)
     print()
@@ -176,6 +194,7 @@ def main(argv=None) -> int:
     if pre_rows:
         print()
         print(text_table(pre_rows, PRE_COLUMNS))
+    print(f"\n{memory_line(mem)}")
     print(f"\nwritten: {args.out}/compare-{tag}.md, .csv, .json ({result['minutes']:.1f} min)")
     return 0
 

@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genguard import onnx_runtime, protocol, specs
+from genguard import engines, onnx_runtime, protocol, specs
 from genguard.benchmarks.compare.common import PIPELINE_MODELS
 from genguard.export.flops import flops_per_image
 
@@ -87,7 +87,9 @@ def load_detector(name: str, params: dict, build: Path) -> Detector:
         module = load(spec, checkpoint)
     reference = ReferencePipeline(spec, module, checkpoint)
     threads = int(params.get("intra_op_threads", "0")) or None
-    session = onnx_runtime.session(onnx_path, threads=threads, optimization=params.get("optimization", "all"),
+    # the served engine and precision (genguard.engines), as its config says
+    session = engines.open_engine(params.get("cpu_option", engines.DEFAULT), onnx_path, threads=threads,
+                                  arena=params.get("arena", "1") != "0", optimization=params.get("optimization", "all"),
                                    spinning=False)
     return Detector(spec, params, onnx_path, fp32, checkpoint, reference, session, flops_per_image(fp32))
 
@@ -108,8 +110,13 @@ def serves_int8(detectors: list[Detector]) -> bool:
     return any(d.onnx.name == INT8_FILE for d in detectors)
 
 
+def serves_options(detectors: list[Detector]) -> bool:
+    """Whether some detector runs an engine/precision option beyond FP32 and INT8=1 (make serve PRECISION=...)."""
+    return any(d.params.get("cpu_option", engines.DEFAULT) not in (engines.DEFAULT, "ort-int8") for d in detectors)
+
+
 def served_tag(detectors: list[Detector]) -> str:
-    tag = "int8" if serves_int8(detectors) else "fp32"
+    tag = "options" if serves_options(detectors) else "int8" if serves_int8(detectors) else "fp32"
     opt = {d.optimization for d in detectors}
     threads = {d.threads for d in detectors}
     if opt != {"all"}:

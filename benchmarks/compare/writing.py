@@ -22,8 +22,16 @@ SUMMARY_COLUMNS = [("detector", "detector", "sig3"), ("reference_best", "(a) bes
                    ("max_abs_prob", "max |Δprob| (c) vs (a)", "sci"), ("top1_agreement", "top-1 agree", "pct"),
                    ("of_peak", "(c) of peak", "pct")]
 OPTION_COLUMNS = [("detector", "detector", "sig3"), ("option", "option", "sig3"), ("images_per_s", "images/s", "sig3"),
-                  ("speedup", "vs opt=all", "x"), ("max_abs_prob", "max |Δprob| vs (a)", "sci"),
-                  ("top1_agreement", "top-1 agree", "pct"), ("note", "note", "sig3")]
+                  ("vs_reference", "vs (a)", "x"), ("speedup", "vs FP32 (opt=all)", "x"),
+                  ("max_abs_prob", "max |Δprob| vs (a)", "sci"), ("top1_agreement", "top-1 agree", "pct"),
+                  ("peak_mb", "process peak MB", "sig3"), ("note", "note", "sig3")]
+
+
+def memory_line(mem: dict) -> str:
+    gib = lambda b: "—" if b is None else f"{b / 2**30:.2f} GiB"  # noqa: E731
+    return (f"Memory: bench-compare's peak {gib(mem.get('process_peak_bytes'))} (limit {gib(mem.get('limit_bytes'))}), "
+            f"its RSS at the end {gib(mem.get('process_rss_bytes'))}; the served stack (tritonserver + its python-backend "
+            f"stubs, sum of PSS) {gib(mem.get('served_stack_pss_bytes'))}.")
 PRE_COLUMNS = [("images_set", "images", "sig3"), ("detector", "input of", "sig3"),
                ("reference_images_per_s", "reference img/s", "sig3"), ("ours_images_per_s", "ours img/s", "sig3"),
                ("reference_p50_ms", "reference p50 ms", "sig3"), ("ours_p50_ms", "ours p50 ms", "sig3"),
@@ -77,11 +85,18 @@ def markdown(result: dict) -> str:
         markdown_table(result["ensemble"] + result["detectors"], DETECTOR_COLUMNS),
     ]
     if result["options"]:
-        parts += ["", "## CPU speed options (in-process ONNX Runtime, batched) and their accuracy cost", "",
-                  "Off by default; switches: `make serve ORT_OPT=basic|extended|all ORT_THREADS=N INT8=1` "
-                  "(INT8 models come from `python -m genguard.export.quantize --build build`). max |Δprob| is against "
-                  "the reference pipeline (a) on the same images.", "",
+        parts += ["", "## CPU speed options (in-process, batched) and their accuracy cost", "",
+                  "Off by default; switches: `make serve ORT_OPT=basic|extended|all ORT_THREADS=N INT8=1` and "
+                  "`PRECISION=best` or `PRECISION=\"name=option ...\"` for the engine/precision options (their files "
+                  "and accuracy records come from `make quantize` and `make cpu-options`). One option's session is "
+                  "alive at a time, without ORT's arena. vs (a): against the reference pipeline's faster mode on the "
+                  "same tensors; max |Δprob| is against (a)'s probabilities on the same images; process peak: "
+                  "bench-compare's resident peak while that option ran (everything else it holds included). The "
+                  "`ensemble (models)` rows add up the detectors' model times (the references' likewise), with FP32 "
+                  "and with each detector's fastest option whose record is within budget.", "",
                   markdown_table(result["options"], OPTION_COLUMNS)]
+    if result.get("memory"):
+        parts += ["", "## Memory", "", memory_line(result["memory"])]
     if result["preprocessing"]:
         parts += ["", "## Preprocessing alone: decode + resize + normalise", "",
                   "Per image, single thread: each reference library's transform after `Image.open(...).convert('RGB')` "
