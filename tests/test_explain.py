@@ -38,8 +38,9 @@ def explain_build(tiny_build, tmp_path_factory) -> Path:
     if reuse and all(load_record(Path(reuse) / "onnx" / n) for n in CNNS):
         return Path(reuse)
     build = tmp_path_factory.mktemp("explain_build")
-    for name in CNNS:
+    for name in specs.DETECTORS:
         shutil.copytree(tiny_build / "onnx" / name, build / "onnx" / name)
+    for name in CNNS:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             export_explain(specs.get(name), tiny_build / "checkpoints" / name, build / "onnx")

@@ -20,7 +20,8 @@ from .gpu import GpuOptions, render_gpu
 def render(target: str, build: Path, out: Path | None = None, *, detectors: list[str] | None = None,
            max_batch: int = DEFAULT_MAX_BATCH, fusion: FusionConfig = FusionConfig(),
            limits: DecodeLimits = DecodeLimits(), cpu: CpuOptions = CpuOptions(), copy: bool | None = None,
-           gpu: GpuOptions = GpuOptions(), provenance: ProvenanceConfig = ProvenanceConfig()) -> Path:
+           gpu: GpuOptions = GpuOptions(), provenance: ProvenanceConfig = ProvenanceConfig(),
+           explain: bool = False) -> Path:
     """Render build/model_repository/<target>/ (or `out`) and return its path.
 
     copy: copy model.onnx files (True) or symlink them to build/onnx (False). Default (None): copies for
@@ -28,6 +29,7 @@ def render(target: str, build: Path, out: Path | None = None, *, detectors: list
     this machine's build/ would dangle; symlinks for the cpu target served in place by `make serve`.
     cpu: options of the cpu target; gpu: options of the onnx-gpu and tensorrt targets.
     provenance: metadata reading in preprocess/validate (trust anchors, limits, full text).
+    explain: also render the `genguard_explain` ensemble (cpu target; export/repository/explain.py).
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
@@ -45,7 +47,7 @@ def render(target: str, build: Path, out: Path | None = None, *, detectors: list
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     try:
-        _render_into(staging, target, dets, max_batch, fusion, limits, cpu, copy, gpu, provenance)
+        _render_into(staging, target, dets, max_batch, fusion, limits, cpu, copy, gpu, provenance, explain)
         (staging / RENDERED_MARKER).write_text(f"rendered by genguard.export.repository for target {target}\n")
         _swap_into_place(staging, out)
     finally:
@@ -78,7 +80,7 @@ def _swap_into_place(staging: Path, out: Path) -> None:
 
 def _render_into(out: Path, target: str, dets: list[ExportedDetector], max_batch: int, fusion: FusionConfig,
                  limits: DecodeLimits, cpu: CpuOptions, copy: bool, gpu: GpuOptions,
-                 provenance: ProvenanceConfig = ProvenanceConfig()) -> None:
+                 provenance: ProvenanceConfig = ProvenanceConfig(), explain: bool = False) -> None:
     inputs = specs.distinct_inputs([d.spec for d in dets])
     detector_specs = [d.spec for d in dets]
     chosen: dict[str, str] = {}
@@ -91,3 +93,9 @@ def _render_into(out: Path, target: str, dets: list[ExportedDetector], max_batch
         post_files["nsfw_levels.txt"] = "\n".join(nsfw_labels(detector_specs)) + "\n"
     _write_model(out, postprocess_config(dets, max_batch, fusion, chosen), post_files, model_py="postprocess")
     _write_model(out, ensemble_config(dets, inputs, max_batch, validate=target in GPU_TARGETS), post_files)
+    if explain:
+        if target in GPU_TARGETS:
+            raise RepositoryError("the genguard_explain ensemble is rendered for the cpu target only")
+        from .explain import render_explain_cpu
+
+        render_explain_cpu(out, dets, inputs, max_batch, fusion, chosen, copy, cpu.intra_op_threads)

@@ -34,6 +34,10 @@ class TritonPythonModel:
         return [self._answer(request) for request in requests]
 
     def _answer(self, request):
+        return pb_utils.InferenceResponse(output_tensors=self._tensors(self._documents(request)))
+
+    def _documents(self, request) -> list[dict]:
+        """One answer document per image of the request (explain_postprocess adds its maps to these)."""
         infos = pb_utils.get_input_tensor_by_name(request, protocol.IMAGE_INFO).as_numpy().reshape(-1)
         logits = {
             (spec.name, head.name): pb_utils.get_input_tensor_by_name(
@@ -49,7 +53,7 @@ class TritonPythonModel:
                 docs.append(self.fuser.answer(i, {"ok": False, "reason": "internal",
                                                   "message": f"postprocessing failed: {exc!r}"}, None))
         self.metrics.record(docs, [json.loads(raw).get("ok") for raw in infos])
-        return pb_utils.InferenceResponse(output_tensors=self._tensors(docs))
+        return docs
 
     def _tensors(self, docs):
         n, nan = len(docs), np.float32("nan")

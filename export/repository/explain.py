@@ -1,0 +1,126 @@
+"""The `genguard_explain` ensemble (cpu target): the same request and answer as `genguard`, plus maps.
+
+  explain_<detector>/  python backend: Grad-CAM from explain.onnx (CNNs with a passing explain.json), or
+                       occlusion through the detector's own model.onnx (transformers)
+  postprocess_explain/ python backend: postprocess's answer + `explanations`
+  genguard_explain/    preprocess -> explain_<detector> (or the plain detector when it has no
+                       explanation) -> postprocess_explain
+
+`genguard` and its models are untouched: its cost does not change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from genguard import explanations, protocol, specs
+
+from .common import ExportedDetector, _params, _tensor, _write_model, output_tensors, postprocess_config
+
+
+def explain_plan(det: ExportedDetector) -> dict:
+    """How `det` is explained: {"method", "onnx", "sha256", "grid", ...} or {"unavailable": why}."""
+    from genguard.explanations import is_cnn, load_record
+
+    spec = det.spec
+    folder = det.onnx.parent
+    if is_cnn(spec):
+        record = load_record(folder)
+        if record is None:
+            return {"unavailable": "no explain.onnx with a passing explain.json "
+                                   "(python -m genguard.export.explain --build BUILD)"}
+        return {"method": explanations.GRADCAM, "onnx": folder / "explain.onnx", "sha256": record["onnx_sha256"],
+                "grid": record["grid"], "target_layer": record["target_layer"]}
+    if spec.architecture in explanations.OCCLUSION_GRIDS:
+        window = explanations.occlusion_window(spec)
+        g = spec.input.size[0] // window
+        return {"method": explanations.OCCLUSION, "onnx": det.onnx, "sha256": det.parity["onnx_sha256"],
+                "grid": [g, g], "window": window, "forward_passes": 1 + g * g}
+    return {"unavailable": f"no explanation method for {spec.architecture}"}
+
+
+def explain_model_config(det: ExportedDetector, plan: dict, max_batch: int,
+                         intra_op_threads: int = 0) -> mc.ModelConfig:
+    spec = det.spec
+    config = mc.ModelConfig(name=explanations.explain_model(spec.name), backend="python", max_batch_size=max_batch)
+    _tensor(config.input, protocol.DETECTOR_INPUT, mc.TYPE_FP32, spec.input.shape)
+    _tensor(config.input, protocol.IMAGE_INFO, mc.TYPE_STRING, [1])
+    for head in spec.heads:
+        _tensor(config.output, head.name, mc.TYPE_FP32, [head.num_logits])
+    for head in spec.heads:
+        _tensor(config.output, explanations.cam_output(head.name), mc.TYPE_FP32, [len(head.labels), *plan["grid"]])
+    config.dynamic_batching.max_queue_delay_microseconds = 2000
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    _params(config, detector=spec.name, method=plan["method"], onnx_file=plan["onnx"].name,
+            onnx_sha256=plan["sha256"], heads={h.name: list(h.labels) for h in spec.heads},
+            intra_op_threads=str(intra_op_threads), window=str(plan.get("window", 0)))
+    return config
+
+
+def explain_ensemble_config(dets: list[ExportedDetector], plans: dict[str, dict],
+                            inputs: dict[str, specs.InputSpec], max_batch: int) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=explanations.EXPLAIN_ENSEMBLE, platform="ensemble", max_batch_size=max_batch)
+    _tensor(config.input, protocol.INPUT, mc.TYPE_UINT8, [-1])
+    outputs = output_tensors([d.spec for d in dets])
+    for name, dtype, dims, labels in outputs:
+        _tensor(config.output, name, dtype, dims, labels)
+    steps = config.ensemble_scheduling.step
+    pre = steps.add(model_name=protocol.PREPROCESS, model_version=-1)
+    pre.input_map[protocol.INPUT] = protocol.INPUT
+    for name in inputs:
+        pre.output_map[protocol.pixels_tensor(name)] = protocol.pixels_tensor(name)
+    pre.output_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
+    post = mc.ModelEnsembling.Step(model_name=explanations.EXPLAIN_POSTPROCESS, model_version=-1)
+    post.input_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
+    for det in dets:
+        spec = det.spec
+        explained = "method" in plans[spec.name]
+        step = steps.add(model_name=explanations.explain_model(spec.name) if explained else spec.name,
+                         model_version=-1)
+        step.input_map[protocol.DETECTOR_INPUT] = protocol.pixels_tensor(spec.input.name)
+        if explained:
+            step.input_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
+        for head in spec.heads:
+            tensor = protocol.head_tensor(spec.name, head.name)
+            step.output_map[head.name] = tensor
+            post.input_map[tensor] = tensor
+            if explained:
+                cams = explanations.cam_tensor(spec.name, head.name)
+                step.output_map[explanations.cam_output(head.name)] = cams
+                post.input_map[cams] = cams
+    for name, *_ in outputs:
+        post.output_map[name] = name
+    steps.append(post)
+    return config
+
+
+def render_explain_cpu(out: Path, dets: list[ExportedDetector], inputs: dict[str, specs.InputSpec], max_batch: int,
+                       fusion, chosen: dict[str, str], copy: bool, intra_op_threads: int = 0) -> dict[str, dict]:
+    """Writes the explain models, postprocess_explain and genguard_explain; returns each detector's plan."""
+    plans = {d.spec.name: explain_plan(d) for d in dets}
+    for det in dets:
+        plan = plans[det.spec.name]
+        if "method" in plan:
+            _write_model(out, explain_model_config(det, plan, max_batch, intra_op_threads), model_py="explain",
+                         onnx=plan["onnx"], copy=copy)
+    post = postprocess_config(dets, max_batch, fusion, chosen)
+    post.name = explanations.EXPLAIN_POSTPROCESS
+    for det in dets:
+        if "method" in plans[det.spec.name]:
+            grid = plans[det.spec.name]["grid"]
+            for head in det.spec.heads:
+                _tensor(post.input, explanations.cam_tensor(det.spec.name, head.name), mc.TYPE_FP32,
+                        [len(head.labels), *grid])
+    public = {name: {k: v for k, v in plan.items() if k in ("method", "target_layer", "forward_passes", "unavailable")}
+              for name, plan in plans.items()}
+    _params(post, explain=public)
+    from genguard.fusion import nsfw_labels, source_names
+
+    files = {"sources.txt": "\n".join(source_names([d.spec for d in dets])) + "\n"}
+    if nsfw_labels([d.spec for d in dets]):
+        files["nsfw_levels.txt"] = "\n".join(nsfw_labels([d.spec for d in dets])) + "\n"
+    _write_model(out, post, files, model_py="explain_postprocess")
+    _write_model(out, explain_ensemble_config(dets, plans, inputs, max_batch), files)
+    return plans

@@ -1,0 +1,97 @@
+"""The served `genguard_explain` ensemble (cpu target) through the real tritonserver, over HTTP and gRPC."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import start_server
+from genguard import explanations as E
+from genguard import protocol, specs
+from test_explain import CNNS, TRANSFORMERS, explain_build  # noqa: F401 (the fixture)
+
+pytest.importorskip("tritonclient")
+
+
+@pytest.fixture(scope="module")
+def explain_server(explain_build, tmp_path_factory):  # noqa: F811
+    from genguard import server
+
+    running = start_server(explain_build, tmp_path_factory.mktemp("explain_triton"), explain=True)
+    yield running
+    server.stop_pid(running.process.pid)
+
+
+def _photos():
+    from genguard.export import samples
+
+    photos = samples.photos()
+    return {"astronaut.png": photos["astronaut.png"], "corrupt.jpg": photos["rocket.jpg"][:300] + b"\0" * 64,
+            "coffee.png": photos["coffee.png"]}
+
+
+def _infer(url: str, protocol_name: str, model: str, images: list[bytes]) -> list[dict]:
+    if protocol_name == "http":
+        import tritonclient.http as client
+    else:
+        import tritonclient.grpc as client
+    batch = protocol.pack_images(images)
+    inp = client.InferInput(protocol.INPUT, list(batch.shape), "UINT8")
+    inp.set_data_from_numpy(batch)
+    kwargs = {"client_timeout": 600} if protocol_name == "grpc" else {}
+    with client.InferenceServerClient(url, **({"network_timeout": 600.0, "connection_timeout": 600.0}
+                                               if protocol_name == "http" else {})) as c:
+        out = c.infer(model, [inp], **kwargs)
+    return [json.loads(r[0]) for r in out.as_numpy(protocol.RESULT)]
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_explain_ensemble_answers_maps_and_a_bad_image_fails_alone(explain_server, explain_build, transport):  # noqa: F811
+    url = explain_server.http_url if transport == "http" else explain_server.grpc_url
+    images = _photos()
+    explained = _infer(url, transport, E.EXPLAIN_ENSEMBLE, list(images.values()))
+    plain = _infer(url, transport, protocol.ENSEMBLE, list(images.values()))
+    assert [d["status"] for d in explained] == ["SUCCESS", "FAILURE", "SUCCESS"]
+    assert "explanations" not in explained[1] and explained[1]["error"] == plain[1]["error"]
+    for doc, base in zip(explained, plain):
+        assert "explanations" not in base  # genguard itself is unchanged
+        if doc["status"] != "SUCCESS":
+            continue
+        # the same document as genguard's, plus explanations
+        assert doc["is_ai_generated"] == pytest.approx(base["is_ai_generated"], abs=1e-6)
+        assert doc["verdict"] == base["verdict"]
+        assert set(doc) - set(base) == {"explanations"}
+        assert set(doc["explanations"]) == set(specs.DETECTORS)
+        for name, entries in doc["explanations"].items():
+            spec = specs.get(name)
+            assert [e["head"] for e in entries] == [h.name for h in spec.heads]
+            for entry, head in zip(entries, spec.heads):
+                grid = np.asarray(entry["map"])
+                assert list(grid.shape) == entry["grid"]
+                assert grid.min() >= 0 and grid.max() <= 1
+                assert entry["method"] == (E.GRADCAM if name in CNNS else E.OCCLUSION)
+                assert entry["target_label"] in head.labels and entry["target"] == "predicted"
+                assert entry["geometry"]["resize"] == spec.input.resize
+                assert entry["geometry"]["image_size"] == [doc["image"]["width"], doc["image"]["height"]]
+                # the target is the label the answer itself predicts
+                probs = doc["detectors"][name][head.name] if "detectors" in doc else None
+                if isinstance(probs, dict) and all(isinstance(v, (int, float)) for v in probs.values()):
+                    assert entry["target_label"] == max(probs, key=probs.get)
+
+
+def test_served_gradcam_map_is_the_exported_one(explain_server, explain_build):  # noqa: F811
+    """The map served for imagetrust_source equals explain.onnx's on the same preprocessed image."""
+    from genguard import onnx_runtime
+    from genguard.preprocess import preprocess_bytes
+
+    image = _photos()["coffee.png"]
+    doc = _infer(explain_server.grpc_url, "grpc", E.EXPLAIN_ENSEMBLE, [image])[0]
+    spec = specs.get("imagetrust_source")
+    pixels = preprocess_bytes(image, {"x": spec.input})[1]["x"][None]
+    logits, cams = onnx_runtime.session(explain_build / "onnx" / spec.name / "explain.onnx").run(None, {"pixels": pixels})
+    target = int(logits[0].argmax())
+    (entry,) = doc["explanations"][spec.name]
+    assert entry["target_index"] == target and entry["target_layer"] == "layer4"
+    np.testing.assert_allclose(np.asarray(entry["map"]), cams[0, target], atol=1e-4)
