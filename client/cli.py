@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import sys
+from pathlib import Path
 from typing import TextIO
 
 from .errors import GenGuardError, ModelNotReady, RequestTimeout, ServerUnavailable
@@ -88,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images per request (default and cap: the server's max_batch_size)")
     detect.add_argument("--concurrency", type=_positive, default=2, help="requests in flight (default 2)")
     detect.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    explain = sub.add_parser("explain", parents=[connection], epilog=EXIT_CODES,
+                             formatter_class=argparse.RawDescriptionHelpFormatter,
+                             help="heatmaps: why each detector decided (the genguard_explain ensemble)",
+                             description="Send images to GenGuard's genguard_explain ensemble; write, per image, "
+                                         "<name>.<detector>.png overlays and <name>.json (the answer with its maps).")
+    explain.add_argument("paths", nargs="+", metavar="PATH", help="image file, directory or glob")
+    explain.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the overlays and JSON")
+    explain.add_argument("-r", "--recursive", action="store_true", help="descend into sub-directories")
+    explain.set_defaults(timeout=600.0)  # occlusion of the transformers takes tens of forward passes an image
 
     sub.add_parser("health", parents=[connection], epilog=EXIT_CODES,
                    formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -253,6 +264,43 @@ def detect(args, parser: argparse.ArgumentParser) -> int:
     return EXIT_OK
 
 
+def explain(args, parser: argparse.ArgumentParser) -> int:
+    from genguard.explanations import EXPLAIN_ENSEMBLE
+
+    from .explain import write_explanations
+
+    if args.protocol == "rest":
+        parser.error("genguard explain talks to Triton (grpc or http), not to the REST gateway")
+    items = collect(_expand(args.paths, parser, sys.stdin), recursive=args.recursive)
+    if not items:
+        print("genguard: no images: the given directories are empty", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        with _client(args, model=EXPLAIN_ENSEMBLE, concurrency=1) as client:
+            results = client.detect(items)
+    except (ServerUnavailable, ModelNotReady, RequestTimeout) as exc:
+        print(f"genguard: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    _warn_once(results, sys.stderr)
+    names: dict[str, int] = {}
+    for r in results:
+        stem = Path(r.name).stem if r.name not in ("-",) else "stdin"
+        names[stem] = names.get(stem, 0) + 1
+        stem = stem if names[stem] == 1 else f"{stem}-{names[stem]}"  # two a.jpg from two folders
+        source = r.name if r.ok and Path(r.name).is_file() else None
+        written = write_explanations(source, r.raw, args.out, stem) if source else []
+        if not source:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"{stem}.json").write_text(json.dumps(r.raw, indent=2) + "\n")
+        print(f"{r.name}: {r.status}" + (f" ({r.error.reason})" if r.error else "")
+              + (f" -> {len(written) - 1} overlays" if written else ""))
+    failed = sum(not r.ok for r in results)
+    if failed:
+        print(f"genguard: {failed} of {len(results)} images failed", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def health(args) -> int:
     try:
         with _client(args) as client:
@@ -305,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             from genguard.calibration import cli as calibration_cli
 
             return getattr(calibration_cli, args.command)(args, _client)
+        if args.command == "explain":
+            return explain(args, parser)
         return detect(args, parser) if args.command == "detect" else health(args)
     except Unauthorized as exc:
         print(f"genguard: {exc}", file=sys.stderr)

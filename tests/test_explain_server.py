@@ -95,3 +95,30 @@ def test_served_gradcam_map_is_the_exported_one(explain_server, explain_build): 
     (entry,) = doc["explanations"][spec.name]
     assert entry["target_index"] == target and entry["target_layer"] == "layer4"
     np.testing.assert_allclose(np.asarray(entry["map"]), cams[0, target], atol=1e-4)
+
+
+def test_cli_explain_writes_overlays_and_json(explain_server, tmp_path, capsys):
+    from PIL import Image
+
+    from genguard.client.cli import EXIT_FAILED, main
+    from genguard.client.explain import overlay
+
+    images = _photos()
+    (tmp_path / "in").mkdir()
+    for name in ("astronaut.png", "corrupt.jpg"):
+        (tmp_path / "in" / name).write_bytes(images[name])
+    out = tmp_path / "out"
+    code = main(["explain", str(tmp_path / "in" / "astronaut.png"), str(tmp_path / "in" / "corrupt.jpg"),
+                 "--out", str(out), "--url", explain_server.grpc_url])
+    assert code == EXIT_FAILED  # the corrupt image failed, alone
+    doc = json.loads((out / "astronaut.json").read_text())
+    assert doc["status"] == "SUCCESS" and set(doc["explanations"]) == set(specs.DETECTORS)
+    assert json.loads((out / "corrupt.json").read_text())["status"] == "FAILURE"
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    expected = sorted(f"astronaut.{n}.png" for n in specs.DETECTORS if n != "hive_effb4") + [
+        "astronaut.hive_effb4.ai.png", "astronaut.hive_effb4.source.png"]
+    assert pngs == sorted(expected)
+    written = np.asarray(Image.open(out / "astronaut.sumsub_sd.png"))
+    again = np.asarray(overlay(tmp_path / "in" / "astronaut.png", doc["explanations"]["sumsub_sd"][0]))
+    assert written.shape == (512, 512, 3) and np.array_equal(written, again)
+    assert "corrupt.jpg: FAILURE" in capsys.readouterr().out
