@@ -29,7 +29,7 @@ PROVENANCE ?=
 EXPORT_ARGS = --weights $(WEIGHTS) --build $(BUILD) $(if $(DETECTORS),--detectors $(DETECTORS)) \
 	$(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(foreach r,$(REVISIONS),--revision $(r)) $(foreach l,$(LABELS),--labels $(l))
 
-.PHONY: setup test export quantize cpu-options repository serve stop bench bench-compare soak gpu-check image clean weights weights-unpack
+.PHONY: setup test export quantize cpu-options repository serve stop bench bench-compare soak gpu-check image clean weights weights-unpack explain
 
 # Dependencies are reinstalled only when pyproject.toml changes; the editable install of this
 # checkout is refreshed every time (a cached venv may have been made from another clone).
@@ -68,10 +68,14 @@ quantize: setup
 cpu-options: setup
 	$(BIN)/python -m genguard.export.cpu_options --build $(BUILD) $(if $(DETECTORS),--detectors $(DETECTORS))
 
+# Grad-CAM for the CNN detectors: build/onnx/<det>/explain.onnx + explain.json, parity vs pytorch-grad-cam
+explain: setup
+	$(BIN)/python -m genguard.export.explain --build $(BUILD) $(if $(DETECTORS),--detectors $(DETECTORS))
+
 # Render the Triton model repository for TARGET from build/onnx (prints where).
 repository: setup
 	$(BIN)/python -m genguard.export.repository --target $(TARGET) --build $(BUILD) $(if $(FUSION),--fusion $(FUSION)) \
-		$(if $(INT8),--int8) $(foreach p,$(PRECISION),--precision $(p)) \
+		$(if $(INT8),--int8) $(foreach p,$(PRECISION),--precision $(p)) $(if $(EXPLAIN),--explain) \
 		$(if $(TRUST_ANCHORS),--trust-anchors $(TRUST_ANCHORS)) $(if $(PROVENANCE),--provenance $(PROVENANCE))
 
 # Export what the build lacks or holds differently from WEIGHTS/CHECKPOINTS/LABELS/DETECTORS, render the cpu
@@ -80,7 +84,7 @@ serve: setup
 	$(BIN)/python -m genguard.export.serve --weights $(WEIGHTS) --build $(BUILD) $(foreach c,$(CHECKPOINTS),--checkpoint $(c)) \
 		$(foreach r,$(REVISIONS),--revision $(r)) $(foreach l,$(LABELS),--labels $(l)) $(if $(DETECTORS),--detectors $(DETECTORS)) \
 		--ort-optimization $(ORT_OPT) --ort-threads $(ORT_THREADS) $(if $(INT8),--int8) $(foreach p,$(PRECISION),--precision $(p)) \
-		$(if $(FUSION),--fusion $(FUSION)) \
+		$(if $(FUSION),--fusion $(FUSION)) $(if $(EXPLAIN),--explain) \
 		$(if $(TRUST_ANCHORS),--trust-anchors $(TRUST_ANCHORS)) $(if $(PROVENANCE),--provenance $(PROVENANCE))
 
 stop:

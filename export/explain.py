@@ -296,6 +296,24 @@ def recorded_checkpoint(build: Path, name: str) -> str:
     return source
 
 
+def export_missing(build: Path, names: list[str] | None = None) -> dict[str, str]:
+    """Export explain.onnx for every CNN detector of `build` (or of `names`) that lacks a passing record
+    (make serve EXPLAIN=1). Returns detector -> problem for those that could not be exported: they are
+    then served without maps, saying why."""
+    problems = {}
+    onnx_dir = build / "onnx"
+    for name in names or list(specs.DETECTORS):
+        spec = specs.get(name)
+        if not is_cnn(spec) or not (onnx_dir / name / "parity.json").is_file() or load_record(onnx_dir / name):
+            continue
+        try:
+            export_explain(spec, recorded_checkpoint(build, name), onnx_dir)
+        except Exception as exc:  # the others still export; render marks this one unavailable
+            problems[name] = str(exc)
+            log.error("%s: explain.onnx not exported: %s", name, exc)
+    return problems
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genguard.export.explain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

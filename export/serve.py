@@ -78,6 +78,11 @@ def serve(args) -> int:
                 print(f"provenance configuration: {exc}", file=sys.stderr)
                 return 1
             extra["provenance"] = provenance
+        if getattr(args, "explain", False):
+            from genguard.export.explain import export_missing
+
+            export_missing(build, wanted)
+            extra["explain"] = True
         repository = render("cpu", build, cpu=cpu, detectors=wanted, **extra)
     except RepositoryError as exc:
         print(exc, file=sys.stderr)
@@ -123,6 +128,8 @@ def main(argv=None) -> int:
                          help="CPU engine/precision per detector: ort-fp32, ort-int8, ort-int8-qdq, openvino-fp32, "
                               "openvino-bf16, openvino-int8, or best (repeatable; a plain value: every detector)")
     serve_p.add_argument("--no-arena", action="store_true", help="ONNX Runtime without its CPU memory arena")
+    serve_p.add_argument("--explain", action="store_true",
+                         help="also serve the genguard_explain ensemble (exports the CNNs' explain.onnx if missing)")
     serve_p.add_argument("--fusion", default=None, metavar="FILE",
                          help="JSON of FusionConfig fields (e.g. written by `genguard calibrate`)")
     serve_p.add_argument("--trust-anchors", default=None, metavar="PEM",

@@ -44,6 +44,8 @@ def main(argv=None) -> int:
                                "openvino-fp32, openvino-bf16, openvino-int8) or best; a plain value: every detector")
     cpu_args.add_argument("--int8", action="store_true", help="serve model.int8.onnx on make quantize's record")
     cpu_args.add_argument("--no-arena", action="store_true", help="ONNX Runtime without its CPU memory arena")
+    cpu_args.add_argument("--explain", action="store_true",
+                          help="also render the genguard_explain ensemble (heatmaps; README \"Explanations\")")
     gpu_args = parser.add_argument_group("GPU targets (onnx-gpu, tensorrt)")
     gpu_args.add_argument("--instances", type=int, default=1, help="instances of each detector per GPU")
     gpu_args.add_argument("--gpus", default="", help="comma-separated GPU ids (default: all)")
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
     cpu = CpuOptions(int8=args.int8, precision=tuple(precision.items()), arena=not args.no_arena)
     try:
         out = render(args.target, args.build, args.out, max_batch=args.max_batch, fusion=fusion, copy=args.copy,
-                     gpu=gpu, provenance=provenance, cpu=cpu)
+                     gpu=gpu, provenance=provenance, cpu=cpu, explain=args.explain)
     except RepositoryError as exc:
         print(exc, file=sys.stderr)
         return 1
