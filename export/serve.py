@@ -59,7 +59,7 @@ def serve(args) -> int:
             print(f"make serve PRECISION: {exc}", file=sys.stderr)
             return 2
         cpu = CpuOptions(optimization=args.ort_optimization, intra_op_threads=args.ort_threads, int8=args.int8,
-                         precision=tuple(precision.items()), arena=not args.no_arena)
+                         precision=tuple(precision.items()), arena=args.arena)
         fusion = None
         if getattr(args, "fusion", None):
             try:  # e.g. `genguard calibrate`'s output
@@ -127,7 +127,8 @@ def main(argv=None) -> int:
     serve_p.add_argument("--precision", action="append", default=[], metavar="[NAME=]OPTION",
                          help="CPU engine/precision per detector: ort-fp32, ort-int8, ort-int8-qdq, openvino-fp32, "
                               "openvino-bf16, openvino-int8, or best (repeatable; a plain value: every detector)")
-    serve_p.add_argument("--no-arena", action="store_true", help="ONNX Runtime without its CPU memory arena")
+    serve_p.add_argument("--arena", choices=("auto", "on", "off"), default="auto",
+                          help="ONNX Runtime's CPU memory arena (auto: off for EVA02-448, where it holds GBs)")
     serve_p.add_argument("--explain", action="store_true",
                          help="also serve the genguard_explain ensemble (exports the CNNs' explain.onnx if missing)")
     serve_p.add_argument("--fusion", default=None, metavar="FILE",

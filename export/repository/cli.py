@@ -43,7 +43,8 @@ def main(argv=None) -> int:
                           help="CPU engine/precision per detector (genguard.engines: ort-fp32, ort-int8, ort-int8-qdq, "
                                "openvino-fp32, openvino-bf16, openvino-int8) or best; a plain value: every detector")
     cpu_args.add_argument("--int8", action="store_true", help="serve model.int8.onnx on make quantize's record")
-    cpu_args.add_argument("--no-arena", action="store_true", help="ONNX Runtime without its CPU memory arena")
+    cpu_args.add_argument("--arena", choices=("auto", "on", "off"), default="auto",
+                          help="ONNX Runtime's CPU memory arena (auto: off for EVA02-448, where it holds GBs)")
     cpu_args.add_argument("--explain", action="store_true",
                           help="also render the genguard_explain ensemble (heatmaps; README \"Explanations\")")
     gpu_args = parser.add_argument_group("GPU targets (onnx-gpu, tensorrt)")
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     except OptionError as exc:
         print(f"--precision: {exc}", file=sys.stderr)
         return 2
-    cpu = CpuOptions(int8=args.int8, precision=tuple(precision.items()), arena=not args.no_arena)
+    cpu = CpuOptions(int8=args.int8, precision=tuple(precision.items()), arena=args.arena)
     try:
         out = render(args.target, args.build, args.out, max_batch=args.max_batch, fusion=fusion, copy=args.copy,
                      gpu=gpu, provenance=provenance, cpu=cpu, explain=args.explain)
