@@ -356,3 +356,25 @@ def test_entry_format():
                     geo=E.geometry(specs.get("imagetrust_binary").input, 640, 480), target_layer="layer4")
     assert json.loads(json.dumps(entry)) == entry
     assert entry["grid"] == [7, 7] and len(entry["map"]) == 7 and entry["geometry"]["crop_box"] == [0, 0, 640, 480]
+
+
+def test_reviewer_page_colours_and_upsamples_like_the_client(tmp_path):
+    """app.js's JET table and upsampling (run in node) equal cv2's table and genguard.explanations'."""
+    import shutil as sh
+    import subprocess
+
+    import cv2
+
+    node = sh.which("node")
+    if not node:
+        pytest.skip("node is not installed")
+    source = (Path(__file__).resolve().parents[1] / "genguard/gateway/static/app.js").read_text()
+    code = source[source.index("let JET = null;"):source.index("function drawOverlay")]
+    grid = E.scale_map(np.random.default_rng(4).random((7, 7))).tolist()
+    script = tmp_path / "page.js"
+    script.write_text(code + f"\nconsole.log(JSON.stringify({{jet: jet(), up: Array.from(upsample({json.dumps(grid)}, 30, 45))}}));\n")
+    out = json.loads(subprocess.run([node, str(script)], capture_output=True, text=True, check=True).stdout)
+    expected = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_JET)[:, 0, ::-1]
+    assert np.array_equal(np.asarray(out["jet"]), expected)
+    np.testing.assert_allclose(np.asarray(out["up"]).reshape(30, 45), E.to_input_resolution(np.asarray(grid), (30, 45)),
+                               atol=1e-5)

@@ -122,3 +122,31 @@ def test_cli_explain_writes_overlays_and_json(explain_server, tmp_path, capsys):
     again = np.asarray(overlay(tmp_path / "in" / "astronaut.png", doc["explanations"]["sumsub_sd"][0]))
     assert written.shape == (512, 512, 3) and np.array_equal(written, again)
     assert "corrupt.jpg: FAILURE" in capsys.readouterr().out
+
+
+def test_gateway_detect_with_explain(explain_server):
+    """POST /v1/detect?explain=true answers the documents with explanations; a corrupt image fails alone;
+    without the flag the documents have none."""
+    import requests
+
+    from test_gateway import KEY, auth, start_gateway
+
+    import tempfile
+    from pathlib import Path
+
+    images = _photos()
+    gw = start_gateway(explain_server.grpc_url, Path(tempfile.mkdtemp(prefix="gg-explain-gw-")), "--deadline-s", "600",
+                       keys=[KEY])
+    try:
+        files = [("file", (name, data)) for name, data in images.items() if name != "astronaut.png"]
+        r = requests.post(gw.url + "/v1/detect?explain=true", files=files, headers=auth(), timeout=900)
+        assert r.status_code == 200, r.text
+        docs = r.json()["data"]
+        assert [d["status"] for d in docs] == ["FAILURE", "SUCCESS"]
+        assert set(docs[1]["explanations"]) == set(specs.DETECTORS) and "explanations" not in docs[0]
+        plain = requests.post(gw.url + "/v1/detect", files=files[1:], headers=auth(), timeout=300).json()["data"]
+        assert "explanations" not in plain[0]
+        bad = requests.post(gw.url + "/v1/detect?explain=maybe", files=files[1:], headers=auth(), timeout=60)
+        assert bad.status_code == 422 and set(bad.json()["error"]) >= {"code", "message"}
+    finally:
+        gw.stop()

@@ -29,19 +29,36 @@ class Engine:
 
     async def close(self) -> None:
         await self.client.close()
+        if self._explain is not None:
+            await self._explain.close()
+
+    _explain: AsyncClient | None = None
+
+    def explain_client(self) -> AsyncClient:
+        """The same connection settings, to the `genguard_explain` ensemble (made on first use)."""
+        if self._explain is None:
+            from genguard.explanations import EXPLAIN_ENSEMBLE
+
+            s = self.settings
+            self._explain = AsyncClient(s.triton_url, protocol="grpc", model=EXPLAIN_ENSEMBLE,
+                                        timeout=s.deadline_s + 5, retries=s.triton_retries,
+                                        backoff=s.triton_backoff_s, concurrency=2)
+        return self._explain
 
     def _unavailable(self, what: str) -> ApiError:
         return ApiError(503, "triton_unavailable",
                         f"GenGuard's inference server at {self.settings.triton_url} {what}: retry after "
                         f"{self.settings.retry_after_s} s", {"Retry-After": str(self.settings.retry_after_s)})
 
-    async def detect(self, images: list[bytes]) -> list[dict]:
-        """One document per image, in order, each with `index` = its position in `images`."""
+    async def detect(self, images: list[bytes], explain: bool = False) -> list[dict]:
+        """One document per image, in order, each with `index` = its position in `images`; explain: through
+        the `genguard_explain` ensemble (the same documents plus `explanations`)."""
         retry_after = {"Retry-After": str(self.settings.retry_after_s)}
+        client = self.explain_client() if explain else self.client
 
         async def forward():
             async with self.limiter.slot():
-                return await self.client.detect(images)
+                return await client.detect(images)
 
         try:
             results = await asyncio.wait_for(forward(), self.settings.deadline_s)
@@ -52,6 +69,10 @@ class Engine:
         except ServerUnavailable as exc:
             raise self._unavailable("cannot be reached or is refusing work (overloaded)") from exc
         except ModelNotReady as exc:
+            if explain:
+                raise ApiError(503, "model_not_ready", "explanations are not served here, or still loading: "
+                               "the server needs the genguard_explain ensemble (make serve EXPLAIN=1)",
+                               retry_after) from exc
             raise ApiError(503, "model_not_ready", "GenGuard's models are still loading: retry after "
                            f"{self.settings.retry_after_s} s", retry_after) from exc
         except RequestTimeout as exc:

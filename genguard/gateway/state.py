@@ -18,8 +18,8 @@ class GatewayState:
     engine: Engine
     metrics: Metrics
 
-    async def answer(self, route: str, images: list[bytes]) -> list[dict]:
+    async def answer(self, route: str, images: list[bytes], explain: bool = False) -> list[dict]:
         """Forward the images; one document per image (index = position), counted in the metrics."""
-        docs = await self.engine.detect(images)
+        docs = await self.engine.detect(images, explain=explain)
         self.metrics.record_documents(route, docs)
         return docs

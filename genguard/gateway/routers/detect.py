@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
@@ -47,10 +47,12 @@ async def _multipart(request: Request, max_images: int) -> tuple[list[bytes], li
 
 @router.post(PATH, dependencies=[Depends(require_key)], response_model=DetectResponse, responses=ERROR_RESPONSES,
              openapi_extra={"requestBody": BODY}, summary="Detect: upload files, or data URLs in JSON")
-async def detect(request: Request):
+async def detect(request: Request, explain: bool = Query(
+        False, description="answer through the genguard_explain ensemble: each document gains `explanations` "
+                           "(heatmaps per detector head; slower: see README \"Explanations\")")):
     """Multipart: one or many `file` fields (`curl -F file=@a.jpg -F file=@b.png`). JSON: `{"input":
     ["data:image/<type>;base64,..."], "names": [...]}`. Answers GenGuard's full document per image, in
-    order, with `index` and `name`; a bad image is that item's FAILURE."""
+    order, with `index` and `name`; a bad image is that item's FAILURE. `?explain=true` adds heatmaps."""
     state = request.app.state.gateway
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     async with state.limiter.admit():
@@ -68,5 +70,5 @@ async def detect(request: Request):
             raise ApiError(415, "unsupported_media_type",
                            f"Content-Type {kind or '(none)'} is not accepted here: send multipart/form-data with "
                            "`file` fields, or application/json with data URLs")
-        docs = await state.answer(PATH, images)
+        docs = await state.answer(PATH, images, explain=explain)
     return JSONResponse({"data": [{**d, "name": n} for d, n in zip(docs, names)]})

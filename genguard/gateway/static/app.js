@@ -199,7 +199,8 @@ async function detect(chunk) {
   for (const item of chunk) form.append("file", item.file, item.name);
   let response;
   try {
-    response = await fetch("/v1/detect", {method: "POST", body: form, headers: headers()});
+    const explain = $("explain") && $("explain").checked ? "?explain=true" : "";
+    response = await fetch("/v1/detect" + explain, {method: "POST", body: form, headers: headers()});
   } catch (e) {
     for (const item of chunk) item.error = {code: "unreachable", message: "the gateway cannot be reached"};
     return "error";
@@ -422,9 +423,103 @@ function renderDetail() {
   if (d.provenance) body.append(provenance(d.provenance));
   body.append(el("h3", {text: "Weights"}), facts(Object.entries(d.weights || {}).map(([k, w]) =>
     [k, w + ((d.revisions || {})[k] ? ` @ ${d.revisions[k]}` : "")]), "weights"));
-  // Explanations (heatmaps) will be rendered into #d-explanations here once answers carry `explanations`;
-  // nothing is drawn until then.
-  $("d-explanations").hidden = true;
+  explanations(item, d.explanations);
+}
+
+// Explanations: the served map (native grid, [0, 1]) upsampled like cv2 INTER_LINEAR onto the region the model
+// saw (geometry.crop_box), coloured with OpenCV's JET and blended 0.5/0.5 like pytorch-grad-cam's
+// show_cam_on_image; the same arithmetic as genguard.client.explain (tested against cv2 there).
+let JET = null;
+function jet() {
+  if (JET) return JET;
+  const f = Math.fround, step = f(f(1) / f(255)), x = [], lut = [];
+  for (let i = 0; i < 256; i++) x.push(f(i * step));
+  for (let j = 0; j < 256; j++) {
+    const lo = Math.max(j - 1, 0), hi = Math.max(j, 1), rgb = [];
+    for (const c of [3, 2, 1]) {
+      const y = (k) => f(Math.min(1, Math.max(0, 1.5 - Math.abs(4 * k / 255 - c))));
+      const v = f(y(lo) + f(f(f(x[j] - x[lo]) * f(y(hi) - y(lo))) / f(x[hi] - x[lo])));
+      const w = f(v * 255), r = Math.round(w);  // OpenCV rounds half to even
+      rgb.push(Math.abs(w - Math.trunc(w)) === 0.5 ? 2 * Math.round(w / 2) : r);
+    }
+    lut.push(rgb);
+  }
+  return (JET = lut);
+}
+
+function upsample(grid, h, w) {
+  const gh = grid.length, gw = grid[0].length, out = new Float32Array(h * w);
+  const taps = (src, dst) => Array.from({length: dst}, (_, i) => {
+    const x = (i + 0.5) * (src / dst) - 0.5, x0 = Math.floor(x);
+    return [Math.min(Math.max(x0, 0), src - 1), Math.min(Math.max(x0 + 1, 0), src - 1), x < 0 ? 0 : x - x0];
+  });
+  const ty = taps(gh, h), tx = taps(gw, w);
+  let min = Infinity, max = -Infinity;
+  for (let i = 0; i < h; i++) {
+    const [y0, y1, fy] = ty[i];
+    for (let j = 0; j < w; j++) {
+      const [x0, x1, fx] = tx[j];
+      const top = grid[y0][x0] * (1 - fx) + grid[y0][x1] * fx, bottom = grid[y1][x0] * (1 - fx) + grid[y1][x1] * fx;
+      const v = top * (1 - fy) + bottom * fy;
+      out[i * w + j] = v; min = Math.min(min, v); max = Math.max(max, v);
+    }
+  }
+  for (let k = 0; k < out.length; k++) out[k] = (out[k] - min) / (1e-7 + (max - min));
+  return out;
+}
+
+function drawOverlay(canvas, img, entry) {
+  const scale = Math.min(1, 480 / Math.max(img.naturalWidth, img.naturalHeight));
+  const W = Math.max(1, Math.round(img.naturalWidth * scale)), H = Math.max(1, Math.round(img.naturalHeight * scale));
+  canvas.width = W; canvas.height = H;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(img, 0, 0, W, H);
+  const g = entry.geometry || {}, size = g.image_size || [img.naturalWidth, img.naturalHeight];
+  const box = g.crop_box || [0, 0, size[0], size[1]];
+  const x0 = Math.max(0, Math.round(box[0] * W / size[0])), y0 = Math.max(0, Math.round(box[1] * H / size[1]));
+  const x1 = Math.min(W, Math.round(box[2] * W / size[0])), y1 = Math.min(H, Math.round(box[3] * H / size[1]));
+  if (x1 <= x0 || y1 <= y0) return;
+  const region = ctx.getImageData(x0, y0, x1 - x0, y1 - y0), mask = upsample(entry.map, y1 - y0, x1 - x0), lut = jet();
+  let peak = 0;
+  const blend = new Float32Array(mask.length * 3);
+  for (let k = 0; k < mask.length; k++) {
+    const c = lut[Math.min(255, Math.max(0, Math.trunc(255 * mask[k])))];
+    for (let ch = 0; ch < 3; ch++) {
+      const v = 0.5 * c[ch] / 255 + 0.5 * region.data[4 * k + ch] / 255;
+      blend[3 * k + ch] = v; peak = Math.max(peak, v);
+    }
+  }
+  for (let k = 0; k < mask.length; k++) {
+    for (let ch = 0; ch < 3; ch++) region.data[4 * k + ch] = Math.trunc(255 * blend[3 * k + ch] / peak);
+  }
+  ctx.putImageData(region, x0, y0);
+}
+
+function explanations(item, ex) {
+  const box = $("d-explanations");
+  box.replaceChildren();
+  const entries = [];
+  for (const [detector, list] of Object.entries(ex || {})) {
+    if (Array.isArray(list)) for (const e of list) if (e.map) entries.push([detector, e]);
+  }
+  if (!entries.length) { box.hidden = true; return; }
+  box.hidden = false;
+  const select = el("select", {id: "d-explain-select", "aria-label": "detector head to explain"},
+    entries.map(([det, e], i) => el("option", {value: String(i), text: `${det} · ${e.head} → ${e.target_label} (${e.method})`})));
+  const canvas = el("canvas", {id: "d-explain-canvas", class: "explain", "data-block": "explanation"});
+  const note = el("p", {class: "muted"});
+  const img = new Image();
+  const show = () => {
+    const [det, e] = entries[Number(select.value)];
+    canvas.dataset.detector = det; canvas.dataset.head = e.head;
+    note.textContent = `${e.method}${e.target_layer ? " at " + e.target_layer : ""}, grid ${e.grid.join("×")}, ` +
+      `${(e.geometry || {}).resize === "squash" ? "whole image (squash)" : "center crop (the rest was not seen)"}`;
+    if (img.complete && img.naturalWidth) drawOverlay(canvas, img, e);
+  };
+  img.onload = show;
+  img.src = item.url;
+  select.addEventListener("change", show);
+  box.append(el("h3", {text: "Why: heatmap"}), select, canvas, note);
 }
 
 function provenance(p) {
