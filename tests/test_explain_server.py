@@ -150,3 +150,33 @@ def test_gateway_detect_with_explain(explain_server):
         assert bad.status_code == 422 and set(bad.json()["error"]) >= {"code", "message"}
     finally:
         gw.stop()
+
+
+def test_render_without_an_explain_onnx_serves_the_plain_detector(explain_build, tmp_path):  # noqa: F811
+    """A CNN whose explain.json no longer vouches for its file is explained as unavailable: genguard_explain
+    runs its plain model, and postprocess_explain says why; genguard's own models are rendered as without
+    --explain."""
+    import shutil
+
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from genguard.export.repository import render
+
+    build = tmp_path / "build"
+    for name in ("imagetrust_binary", "opensdi_flux"):
+        shutil.copytree(explain_build / "onnx" / name, build / "onnx" / name)
+    (build / "onnx" / "imagetrust_binary" / "explain.json").write_text("{}")
+    names = ["imagetrust_binary", "opensdi_flux"]
+    plain = render("cpu", build, tmp_path / "plain", detectors=names)
+    repo = render("cpu", build, tmp_path / "repo", detectors=names, explain=True)
+    assert not (repo / "explain_imagetrust_binary").exists() and (repo / "explain_opensdi_flux").is_dir()
+    for model in ("genguard", "postprocess", "preprocess", *names):  # genguard untouched
+        assert (repo / model / "config.pbtxt").read_text() == (plain / model / "config.pbtxt").read_text()
+    ensemble = text_format.Parse((repo / E.EXPLAIN_ENSEMBLE / "config.pbtxt").read_text(), mc.ModelConfig())
+    steps = [s.model_name for s in ensemble.ensemble_scheduling.step]
+    assert steps == ["preprocess", "imagetrust_binary", E.explain_model("opensdi_flux"), E.EXPLAIN_POSTPROCESS]
+    post = text_format.Parse((repo / E.EXPLAIN_POSTPROCESS / "config.pbtxt").read_text(), mc.ModelConfig())
+    plan = json.loads(post.parameters["explain"].string_value)
+    assert "unavailable" in plan["imagetrust_binary"] and plan["opensdi_flux"]["method"] == E.OCCLUSION
+    assert plan["opensdi_flux"]["forward_passes"] == 50
