@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from conftest import start_server
 from genguard import explanations as E
 from genguard import protocol, specs
-from test_explain import CNNS, TRANSFORMERS, explain_build  # noqa: F401 (the fixture)
+from test_explain import CNNS, explain_build  # noqa: F401 (the fixture)
 
 pytest.importorskip("tritonclient")
 
@@ -180,3 +181,48 @@ def test_render_without_an_explain_onnx_serves_the_plain_detector(explain_build,
     plan = json.loads(post.parameters["explain"].string_value)
     assert "unavailable" in plan["imagetrust_binary"] and plan["opensdi_flux"]["method"] == E.OCCLUSION
     assert plan["opensdi_flux"]["forward_passes"] == 50
+
+
+@pytest.mark.parametrize("target", ["onnx-gpu", "tensorrt"])
+def test_gpu_targets_render_the_explain_ensemble(explain_build, tmp_path, target):  # noqa: F811
+    """Offline: the GPU targets' genguard_explain: validate -> DALI preprocess -> explain models served like the
+    detectors (Grad-CAM) or BLS occlusion through the served detector -> postprocess_explain. Running it needs
+    a GPU (not available here)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from genguard.export.repository import render
+    from genguard.export.tensorrt import ONNX_FOLDER, RECIPE_FILE
+
+    names = ["imagetrust_binary", "hive_effb4", "opensdi_flux"]
+    repo = render(target, explain_build, tmp_path / target, detectors=names, explain=True, copy=False)
+    parse = lambda model: text_format.Parse((repo / model / "config.pbtxt").read_text(), mc.ModelConfig())  # noqa: E731
+    ensemble = parse(E.EXPLAIN_ENSEMBLE)
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [
+        "validate", "preprocess", *[E.explain_model(n) for n in names], E.EXPLAIN_POSTPROCESS]
+    assert [o.name for o in ensemble.output] == [o.name for o in parse("genguard").output]
+    for name in ("imagetrust_binary", "hive_effb4"):
+        config, plain = parse(E.explain_model(name)), parse(name)
+        outputs = {o.name: list(o.dims) for o in config.output}
+        spec = specs.get(name)
+        for head in spec.heads:
+            assert outputs[head.name] == [head.num_logits]
+            assert outputs[f"cam_{head.name}"][0] == len(head.labels)
+        assert config.platform == plain.platform and config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+        if target == "onnx-gpu":
+            assert config.default_model_filename == "explain.onnx"
+            assert (repo / E.explain_model(name) / "1" / "explain.onnx").resolve() == (
+                explain_build / "onnx" / name / "explain.onnx").resolve()
+            cache = config.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters
+            assert cache["trt_engine_cache_path"].endswith(E.explain_model(name))
+        else:
+            recipe = json.loads((repo / E.explain_model(name) / ONNX_FOLDER / RECIPE_FILE).read_text())
+            assert recipe["detector"] == E.explain_model(name)
+            assert (repo / E.explain_model(name) / ONNX_FOLDER / "model.onnx").resolve() == (
+                explain_build / "onnx" / name / "explain.onnx").resolve()
+    bls = parse(E.explain_model("opensdi_flux"))
+    assert bls.backend == "python" and (repo / E.explain_model("opensdi_flux") / "1" / "model.py").read_text() == (
+        Path(__file__).resolve().parents[1] / "genguard/triton_models/explain_bls.py").read_text()
+    assert {p: bls.parameters[p].string_value for p in ("detector", "window")} == {"detector": "opensdi_flux",
+                                                                                  "window": "32"}
+

@@ -1,9 +1,11 @@
-"""The `genguard_explain` ensemble (cpu target): the same request and answer as `genguard`, plus maps.
+"""The `genguard_explain` ensemble: the same request and answer as `genguard`, plus maps.
 
-  explain_<detector>/  python backend: Grad-CAM from explain.onnx (CNNs with a passing explain.json), or
-                       occlusion through the detector's own model.onnx (transformers)
+  explain_<detector>/  cpu: python backend: Grad-CAM from explain.onnx (CNNs with a passing explain.json), or
+                       occlusion through the detector's own model.onnx (transformers). GPU targets: explain.onnx
+                       served like the detector (ONNX Runtime + TensorRT EP, or a TensorRT plan), and occlusion
+                       as BLS requests to the served detector (explain_bls.py)
   postprocess_explain/ python backend: postprocess's answer + `explanations`
-  genguard_explain/    preprocess -> explain_<detector> (or the plain detector when it has no
+  genguard_explain/    [validate ->] preprocess -> explain_<detector> (or the plain detector when it has no
                        explanation) -> postprocess_explain
 
 `genguard` and its models are untouched: its cost does not change.
@@ -17,7 +19,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from genguard import explanations, protocol, specs
 
-from .common import ExportedDetector, _params, _tensor, _write_model, output_tensors, postprocess_config
+from .common import (GPU_TARGETS, ExportedDetector, _params, _tensor, _write_model, output_tensors,
+                     postprocess_config)
 
 
 def explain_plan(det: ExportedDetector) -> dict:
@@ -60,18 +63,32 @@ def explain_model_config(det: ExportedDetector, plan: dict, max_batch: int,
 
 
 def explain_ensemble_config(dets: list[ExportedDetector], plans: dict[str, dict],
-                            inputs: dict[str, specs.InputSpec], max_batch: int) -> mc.ModelConfig:
+                            inputs: dict[str, specs.InputSpec], max_batch: int,
+                            validate: bool = False) -> mc.ModelConfig:
+    """validate=True (GPU targets): the entry steps are validate and the DALI preprocess, as in `genguard`."""
     config = mc.ModelConfig(name=explanations.EXPLAIN_ENSEMBLE, platform="ensemble", max_batch_size=max_batch)
     _tensor(config.input, protocol.INPUT, mc.TYPE_UINT8, [-1])
     outputs = output_tensors([d.spec for d in dets])
     for name, dtype, dims, labels in outputs:
         _tensor(config.output, name, dtype, dims, labels)
     steps = config.ensemble_scheduling.step
-    pre = steps.add(model_name=protocol.PREPROCESS, model_version=-1)
-    pre.input_map[protocol.INPUT] = protocol.INPUT
+    if validate:
+        from genguard.dali import DALI_INPUT
+
+        from .common import VALIDATE
+
+        check = steps.add(model_name=VALIDATE, model_version=-1)
+        check.input_map[protocol.INPUT] = protocol.INPUT
+        check.output_map[DALI_INPUT] = DALI_INPUT
+        check.output_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
+        pre = steps.add(model_name=protocol.PREPROCESS, model_version=-1)
+        pre.input_map[DALI_INPUT] = DALI_INPUT
+    else:
+        pre = steps.add(model_name=protocol.PREPROCESS, model_version=-1)
+        pre.input_map[protocol.INPUT] = protocol.INPUT
+        pre.output_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
     for name in inputs:
         pre.output_map[protocol.pixels_tensor(name)] = protocol.pixels_tensor(name)
-    pre.output_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
     post = mc.ModelEnsembling.Step(model_name=explanations.EXPLAIN_POSTPROCESS, model_version=-1)
     post.input_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
     for det in dets:
@@ -96,13 +113,60 @@ def explain_ensemble_config(dets: list[ExportedDetector], plans: dict[str, dict]
     return config
 
 
-def render_explain_cpu(out: Path, dets: list[ExportedDetector], inputs: dict[str, specs.InputSpec], max_batch: int,
-                       fusion, chosen: dict[str, str], copy: bool, intra_op_threads: int = 0) -> dict[str, dict]:
+def _gpu_explain_model(target: str, det: ExportedDetector, plan: dict, max_batch: int, gpu, copy: bool,
+                      out: Path) -> None:
+    """Grad-CAM: explain.onnx as the detector itself is served (onnxruntime_onnx with the TensorRT EP, or a
+    TensorRT plan built on the serving GPU from onnx/model.onnx + engine.json). Occlusion: explain_bls.py
+    sending the occluded copies to the served detector."""
+    import dataclasses
+
+    from genguard.export.tensorrt import ONNX_FOLDER, RECIPE_FILE
+
+    from .common import _place
+    from .gpu import engine_recipe, onnx_gpu_detector_config, tensorrt_detector_config
+
+    spec, name = det.spec, explanations.explain_model(det.spec.name)
+    if plan["method"] == explanations.OCCLUSION:
+        config = explain_model_config(det, plan, max_batch)
+        _params(config, occlusion_batch=str(max_batch))
+        _write_model(out, config, model_py="explain_bls")
+        return
+    explained = dataclasses.replace(det, onnx=plan["onnx"])
+    if target == "onnx-gpu":
+        config = onnx_gpu_detector_config(explained, max_batch, gpu)
+        config.default_model_filename = plan["onnx"].name
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
+        for key in ("trt_engine_cache_path", "trt_timing_cache_path"):  # not the detector's engine
+            accelerator.parameters[key] = accelerator.parameters[key].rsplit("/", 1)[0] + f"/{name}"
+    else:
+        config = tensorrt_detector_config(explained, max_batch, gpu)
+    config.name = name
+    for head in spec.heads:
+        _tensor(config.output, explanations.cam_output(head.name), mc.TYPE_FP32, [len(head.labels), *plan["grid"]])
+    _params(config, method=plan["method"], onnx_sha256=plan["sha256"])
+    if target == "onnx-gpu":
+        _write_model(out, config, onnx=plan["onnx"], copy=copy)
+    else:
+        _write_model(out, config)
+        source = out / name / ONNX_FOLDER
+        source.mkdir()
+        _place(plan["onnx"], source / "model.onnx", copy)
+        recipe = dataclasses.replace(engine_recipe(explained, max_batch, gpu), detector=name)
+        (source / RECIPE_FILE).write_text(recipe.to_json() + "\n")
+
+
+def render_explain(out: Path, dets: list[ExportedDetector], inputs: dict[str, specs.InputSpec], max_batch: int,
+                   fusion, chosen: dict[str, str], copy: bool, intra_op_threads: int = 0, *, target: str = "cpu",
+                   gpu=None) -> dict[str, dict]:
     """Writes the explain models, postprocess_explain and genguard_explain; returns each detector's plan."""
     plans = {d.spec.name: explain_plan(d) for d in dets}
     for det in dets:
         plan = plans[det.spec.name]
-        if "method" in plan:
+        if "method" not in plan:
+            continue
+        if target in GPU_TARGETS:
+            _gpu_explain_model(target, det, plan, max_batch, gpu, copy, out)
+        else:
             _write_model(out, explain_model_config(det, plan, max_batch, intra_op_threads), model_py="explain",
                          onnx=plan["onnx"], copy=copy)
     post = postprocess_config(dets, max_batch, fusion, chosen)
@@ -122,5 +186,5 @@ def render_explain_cpu(out: Path, dets: list[ExportedDetector], inputs: dict[str
     if nsfw_labels([d.spec for d in dets]):
         files["nsfw_levels.txt"] = "\n".join(nsfw_labels([d.spec for d in dets])) + "\n"
     _write_model(out, post, files, model_py="explain_postprocess")
-    _write_model(out, explain_ensemble_config(dets, plans, inputs, max_batch), files)
+    _write_model(out, explain_ensemble_config(dets, plans, inputs, max_batch, validate=target in GPU_TARGETS), files)
     return plans

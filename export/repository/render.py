@@ -29,7 +29,7 @@ def render(target: str, build: Path, out: Path | None = None, *, detectors: list
     this machine's build/ would dangle; symlinks for the cpu target served in place by `make serve`.
     cpu: options of the cpu target; gpu: options of the onnx-gpu and tensorrt targets.
     provenance: metadata reading in preprocess/validate (trust anchors, limits, full text).
-    explain: also render the `genguard_explain` ensemble (cpu target; export/repository/explain.py).
+    explain: also render the `genguard_explain` ensemble (export/repository/explain.py).
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
@@ -94,8 +94,7 @@ def _render_into(out: Path, target: str, dets: list[ExportedDetector], max_batch
     _write_model(out, postprocess_config(dets, max_batch, fusion, chosen), post_files, model_py="postprocess")
     _write_model(out, ensemble_config(dets, inputs, max_batch, validate=target in GPU_TARGETS), post_files)
     if explain:
-        if target in GPU_TARGETS:
-            raise RepositoryError("the genguard_explain ensemble is rendered for the cpu target only")
-        from .explain import render_explain_cpu
+        from .explain import render_explain
 
-        render_explain_cpu(out, dets, inputs, max_batch, fusion, chosen, copy, cpu.intra_op_threads)
+        render_explain(out, dets, inputs, max_batch, fusion, chosen, copy, cpu.intra_op_threads, target=target,
+                       gpu=gpu)
