@@ -300,6 +300,31 @@ def parse_precision(values: list[str] | None, detectors: list[str]) -> dict[str,
     return out
 
 
+def report(build: Path, names: list[str]) -> str:
+    """The recorded options of `names` as a Markdown table (no measuring): what the renderer will accept."""
+    lines = ["| detector | option | max abs Δprob vs FP32 | max abs Δprob vs reference | top-1 (worse side) | worst image "
+             "| speed vs FP32 (batch 1) | within budget | servable here |", "|---|---|---:|---:|---:|---|---:|---|---|"]
+    for name in names:
+        folder = Path(build) / "onnx" / name
+        parity = json.loads((folder / "parity.json").read_text()) if (folder / "parity.json").is_file() else {}
+        for option, r in parity.get(RECORD_KEY, {}).items():
+            if "vs_fp32" not in r:
+                lines.append(f"| {name} | {option} | — | — | — | — | — | — | {r.get('skipped', 'not measured')} |")
+                continue
+            try:
+                check_option(folder, option)
+                servable = "yes"
+            except OptionRefused as exc:
+                servable = "no: " + ("outside the budget" if "outside its accuracy budget" in str(exc)
+                                     else str(exc).split(": ", 2)[-1].replace("|", "")[:100])
+            f, ref = r["vs_fp32"], r["vs_reference"]
+            lines.append(f"| {name} | {option} | {f['max_abs_prob']:.1e} | {ref['max_abs_prob']:.1e} | "
+                         f"{min(f['top1_agreement'], ref['top1_agreement']):.1%} | {ref['worst_image']} | "
+                         f"{r['speed']['vs_fp32']:.2f}× | {'yes' if r['within_budget'] else 'NO'} | {servable} |")
+        lines.append(f"| {name} | best | | | | | | | {best_option(folder)} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -310,9 +335,18 @@ def main(argv=None) -> int:
     parser.add_argument("--options", default=",".join(o for o in engines.OPTIONS if o != engines.DEFAULT),
                         help="comma-separated options (default: all but ort-fp32)")
     parser.add_argument("--speed-rounds", type=int, default=2)
+    parser.add_argument("--report", type=Path, default=None,
+                        help="write the recorded options as a Markdown table to this file, measuring nothing")
     args = parser.parse_args(argv)
     names = [n for n in args.detectors.split(",") if n] or [
         n for n in specs.DETECTORS if (args.build / "onnx" / n / "model.onnx").is_file()]
+    if args.report:
+        text = (f"# CPU engine/precision options recorded in {args.build}\n\nBudget: max |Δprob| ≤ {BUDGET['max_abs_prob']:g} "
+                f"and top-1 ≥ {BUDGET['top1_agreement']:.0%}, vs ONNX Runtime FP32 and vs the seed's reference pipeline, "
+                "on the 23 sample images. `best` is what `PRECISION=best` serves on this CPU.\n\n" + report(args.build, names))
+        args.report.write_text(text)
+        print(text)
+        return 0
     options = [o for o in args.options.split(",") if o]
     for o in options:
         engines.get(o)
