@@ -165,3 +165,14 @@ def test_best_picks_the_fastest_runnable_option_within_budget(tmp_path, measured
         recs[name]["speed"]["vs_fp32"] = 0.9  # nothing beats FP32: FP32
     (folder / "parity.json").write_text(json.dumps(parity))
     assert cpu_options.best_option(folder) == "ort-fp32"
+
+
+def test_report_lists_each_record_and_what_best_serves(measured):
+    folder, records = measured
+    text = cpu_options.report(folder.parent.parent, ["sumsub_sd"])
+    lines = [line for line in text.splitlines() if line.startswith("| sumsub_sd |")]
+    assert {line.split(" | ")[1] for line in lines} == set(records) | {"best"}
+    best = next(line for line in lines if line.split(" | ")[1] == "best")
+    assert best.rstrip(" |").endswith(cpu_options.best_option(folder))
+    qdq = next(line for line in lines if line.split(" | ")[1] == "ort-int8-qdq")
+    assert "| yes | yes |" in qdq  # within budget, servable
