@@ -20,6 +20,7 @@ build/onnx whose checkpoint is known (parity.json's "checkpoint").
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ from genguard.explanations import (CNN_FORMATS, EXPLAIN_FILE, FAILED_RECORD_FILE
                                    cam_output, is_cnn, load_record)
 
 CAM_ATOL = 1e-3  # max |dmap| vs pytorch-grad-cam at input resolution (issue 16)
+REF_CHUNK = 3  # images per pytorch-grad-cam call
 LOGIT_ATOL = 1e-4  # explain.onnx's logits vs model.onnx's (the same computation, another graph)
 
 
@@ -224,7 +226,9 @@ def parity(module: GradCamModule, session, images: dict[str, bytes]) -> dict:
         cams = outputs[n_heads + i]
         deltas = []
         for c, label in enumerate(head.labels):
-            ref = reference_cams(module, torch.from_numpy(pixels), i, c)
+            # in chunks: pytorch-grad-cam backpropagates through the whole network (GBs at batch 12)
+            ref = np.concatenate([reference_cams(module, torch.from_numpy(pixels[k:k + REF_CHUNK]), i, c)
+                                  for k in range(0, len(pixels), REF_CHUNK)])
             ours = explanations.to_input_resolution(cams[:, c], spec.input.size)
             deltas.append(float(np.abs(ours - ref).max()))
         figures["heads"][head.name] = {
@@ -342,6 +346,7 @@ def main(argv=None) -> int:
             continue
         for head, fig in record["heads"].items():
             print(f"{name:<20} {head:<8} {fig['max_abs_map']:>31.2e} {record['images']:>7}")
+        gc.collect()  # the traced module and the reference's graph of this detector
     return status
 
 

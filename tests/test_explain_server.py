@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -226,3 +227,65 @@ def test_gpu_targets_render_the_explain_ensemble(explain_build, tmp_path, target
     assert {p: bls.parameters[p].string_value for p in ("detector", "window")} == {"detector": "opensdi_flux",
                                                                                   "window": "32"}
 
+
+
+def test_reviewer_page_draws_the_overlay(explain_server, tmp_path):
+    """The page with "heatmaps" checked asks /v1/detect?explain=true and draws the chosen head's overlay in
+    the detail view; its pixels are the client's overlay (within the browser's own image downscaling)."""
+    from PIL import Image
+
+    from genguard.client.explain import overlay
+    from test_gateway import KEY, start_gateway
+    from test_page import CHROMIUM
+
+    if not CHROMIUM:
+        pytest.skip("Debian's chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    image = tmp_path / "astronaut.png"
+    image.write_bytes(_photos()["astronaut.png"])
+    gw = start_gateway(explain_server.grpc_url, tmp_path, "--deadline-s", "600", keys=[KEY])
+    try:
+        with sync_playwright() as pw:
+            args = ["--no-sandbox"] if os.geteuid() == 0 else []
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(60_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+            page.goto(gw.url + "/")
+            page.locator("#key-dialog").wait_for(state="visible")
+            page.fill("#key-input", KEY)
+            page.click("#key-form button[type=submit]")
+            page.locator("#key-dialog").wait_for(state="hidden")
+            page.check("#explain")
+            with page.expect_response(lambda r: "/v1/detect" in r.url, timeout=600_000) as answered:
+                page.set_input_files("#pick-files", str(image))
+            assert answered.value.url.endswith("/v1/detect?explain=true") and answered.value.status == 200
+            doc = answered.value.json()["data"][0]
+            page.locator("#progress-box").wait_for(state="hidden", timeout=600_000)
+            page.click('#rows tr[data-name="astronaut.png"] td.name')
+            box = page.locator("#d-explanations")
+            box.wait_for(state="visible")
+            options = page.locator("#d-explain-select option")
+            assert options.count() == sum(len(v) for v in doc["explanations"].values()) == 7
+            index = next(i for i in range(options.count()) if options.nth(i).inner_text().startswith("sumsub_sd"))
+            page.select_option("#d-explain-select", str(index))
+            canvas = page.locator("#d-explain-canvas")
+            assert canvas.get_attribute("data-detector") == "sumsub_sd"
+            size = page.evaluate("[document.getElementById('d-explain-canvas').width, "
+                                 "document.getElementById('d-explain-canvas').height]")
+            pixels = page.evaluate("Array.from(document.getElementById('d-explain-canvas').getContext('2d')"
+                                   ".getImageData(0, 0, 480, 480).data)")
+            assert errors == []
+            browser.close()
+    finally:
+        gw.stop()
+    assert size == [480, 480]
+    drawn = np.asarray(pixels, dtype=np.float32).reshape(480, 480, 4)[..., :3]
+    expected = np.asarray(overlay(Image.open(image).convert("RGB").resize((480, 480), Image.Resampling.BILINEAR),
+                                  doc["explanations"]["sumsub_sd"][0]), dtype=np.float32)
+    plain = np.asarray(Image.open(image).convert("RGB").resize((480, 480), Image.Resampling.BILINEAR), dtype=np.float32)
+    assert np.abs(drawn - expected).mean() < 6  # the browser's downscaling differs from Pillow's by a few levels
+    assert np.abs(drawn - plain).mean() > 20  # and a heatmap is drawn, not the bare image

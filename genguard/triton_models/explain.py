@@ -31,12 +31,15 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"{self.name}: {path} is missing or is not the file the renderer verified (sha256); "
                 "render the repository again")
+        occluding = self.method == explanations.OCCLUSION
+        # occlusion runs batches of occluded copies: without ORT's arena their activations (GBs for EVA02-448)
+        # are handed back after each batch instead of being kept by the arena
         self.session = onnx_runtime.session(path, threads=int(params.get("intra_op_threads", "0")) or None,
-                                            spinning=False)
+                                            spinning=False, arena=not occluding)
         self.outputs = [o["name"] for o in config["output"]]
-        if self.method == explanations.OCCLUSION:
+        if occluding:
             self.window = int(params["window"])
-            self.batch = int(params.get("occlusion_batch", "16"))
+            self.batch = int(params.get("occlusion_batch", "8"))
 
     def execute(self, requests):
         pixels = [pb_utils.get_input_tensor_by_name(r, protocol.DETECTOR_INPUT).as_numpy() for r in requests]
