@@ -135,7 +135,7 @@ def main(argv=None) -> int:
         reference = [r for r in detector_rows if r["detector"] == det.name and r["mode"].startswith("reference")]
         reference_ips[det.name] = max((r["images_per_s"] for r in reference), default=None)
         option_rows += options_table.rows(bench, det, ref_probs, repeats[det.name], reference_ips[det.name])
-        log(f"  process peak so far {memory.peak_bytes() / 2**30:.2f} GiB")
+        log(f"  process peak so far {memory.process_peak_bytes() / 2**30:.2f} GiB")
     if option_rows:
         option_rows += options_table.ensemble_rows(option_rows, reference_ips)
     pre_rows = [] if args.no_preprocessing else preprocessing_table.rows(bench)

@@ -59,6 +59,7 @@ def rows(bench, det: Detector, reference_probs: list[np.ndarray], repeat: int,
             continue
         if not path.is_file():
             rows[label]["note"] = ("not built: python -m genguard.export.quantize --build BUILD" if path.name == INT8_FILE
+                                   else _record_note(records.get(label), path) if records.get(label, {}).get("skipped")
                                    else "not built: python -m genguard.export.cpu_options --build BUILD")
             continue
 
@@ -109,6 +110,8 @@ def _records(folder: Path) -> dict:
 
 
 def _record_note(record: dict | None, path: Path) -> str:
+    if record and record.get("skipped"):
+        return f"not built: {record['skipped']}"
     if not record or "vs_fp32" not in record:
         return "no accuracy record: python -m genguard.export.cpu_options --build BUILD (not servable)"
     from genguard.checksums import sha256_file
