@@ -30,6 +30,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from genguard.protocol import GRPC_PORT, HOST
+
 from . import machine
 from .report import Timing
 
@@ -248,7 +250,7 @@ def _start_gateway(grpc_url: str, port: int) -> subprocess.Popen:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genguard.benchmarks.gateway", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grpc-url", default="127.0.0.1:8001", help="Triton gRPC host:port")
+    parser.add_argument("--grpc-url", default=f"{HOST}:{GRPC_PORT}", help="Triton gRPC host:port")
     parser.add_argument("--gateway-url", default=None,
                         help="a running gateway (default: start one on a free port in front of --grpc-url)")
     parser.add_argument("--api-key-file", default=None)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from genguard import protocol, specs
+from genguard.protocol import GRPC_PORT, HOST, HTTP_PORT
 from genguard.benchmarks import machine, perf_analyzer
 from genguard.benchmarks.compare import PIPELINE_MODELS, log, sample_images
 from genguard.benchmarks.report import markdown_table, plot_latency_throughput, text_table, write_csv
@@ -137,8 +138,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m genguard.benchmarks.perf", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build", type=Path, default=Path("build"), help="scratch files go to BUILD/bench/perf")
-    parser.add_argument("--http-url", default="127.0.0.1:8000")
-    parser.add_argument("--grpc-url", default="127.0.0.1:8001")
+    parser.add_argument("--http-url", default=f"{HOST}:{HTTP_PORT}")
+    parser.add_argument("--grpc-url", default=f"{HOST}:{GRPC_PORT}")
     parser.add_argument("--models", default="", help="comma-separated (default: genguard and every served detector)")
     parser.add_argument("--protocols", default="http,grpc")
     parser.add_argument("--concurrency", default="1,2,4")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from genguard import onnx_runtime, protocol
+from genguard.engines import FP32_FILE, INT8_FILE
 from genguard.export import samples
 from genguard.checksums import sha256_file as sha256
 from genguard.export.checkpoints import HeadsModule, is_random, load
@@ -161,7 +162,7 @@ def export_detector(
     module.source = str(source)
     weights = "random" if is_random(source) else "real"
     folder = out_dir / spec.name
-    onnx_path = folder / "model.onnx"
+    onnx_path = folder / FP32_FILE
     partial = folder / f".model.{os.getpid()}.partial.onnx"  # keeps the .onnx suffix the exporter expects
     try:
         export_onnx(
@@ -201,7 +202,7 @@ def export_detector(
                 f"(figures in {folder / FAILED_PARITY_FILE})"
             )
         # An INT8 model quantised from the previous FP32 model no longer has a check that vouches for it.
-        (folder / "model.int8.onnx").unlink(missing_ok=True)
+        (folder / INT8_FILE).unlink(missing_ok=True)
         os.replace(partial, onnx_path)
         write_atomic(folder / PARITY_FILE, json.dumps(parity, indent=2) + "\n")
         (folder / FAILED_PARITY_FILE).unlink(missing_ok=True)

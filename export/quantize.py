@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from genguard import onnx_runtime
+from genguard.engines import FP32_FILE, INT8_FILE
 from genguard.export.flops import node_flops
 from genguard.scores import head_probs
 
-INT8_FILE = "model.int8.onnx"
 OP_TYPES = ("MatMul", "Gemm")
 TOLERANCE = 1e-2  # max |dprob| vs the FP32 model that INT8 may cost (the bar)
 MIN_SHARE = 0.005
@@ -123,7 +123,7 @@ def quantize_detector(build: Path, name: str, *, images: dict[str, bytes] | None
     from genguard.preprocess import preprocess_bytes
 
     folder = Path(build) / "onnx" / name
-    fp32, int8, parity_path = folder / "model.onnx", folder / INT8_FILE, folder / "parity.json"
+    fp32, int8, parity_path = folder / FP32_FILE, folder / INT8_FILE, folder / "parity.json"
     final, int8 = int8, folder / f".model.int8.{os.getpid()}.partial.onnx"  # moved into place only if it passes
     if not fp32.is_file() or not parity_path.is_file():
         raise FileNotFoundError(f"{name}: no export in {folder} (run make export first)")
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
                         help="quantise MatMul/Gemm nodes carrying at least this share of the FLOPs")
     args = parser.parse_args(argv)
     names = [n for n in args.detectors.split(",") if n] or [
-        n for n in specs.DETECTORS if (args.build / "onnx" / n / "model.onnx").is_file()]
+        n for n in specs.DETECTORS if (args.build / "onnx" / n / FP32_FILE).is_file()]
     if not names:
         print(f"no exported detectors under {args.build / 'onnx'} (run make export first)", file=sys.stderr)
         return 1

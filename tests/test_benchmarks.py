@@ -7,6 +7,8 @@ import base64
 import json
 import shutil
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -439,17 +441,25 @@ def test_options_target_is_three_times_within_the_budget():
 
 
 def test_peak_memory_is_measured_and_can_be_reset():
-    from genguard.benchmarks.compare import memory
-
-    if not memory.reset_peak():
-        pytest.skip("this kernel refuses clear_refs")
-    before = memory.peak_bytes()
-    block = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB touched
-    assert memory.peak_bytes() >= before + (60 << 20)
-    del block
-    memory.release()
-    memory.reset_peak()
-    assert memory.peak_bytes() < before + (60 << 20) and memory.process_peak_bytes() >= before + (60 << 20)
+    # In a fresh process: a long test session's freed-but-resident heap would blur the 64 MiB step.
+    code = """
+import sys
+import numpy as np
+from genguard.benchmarks.compare import memory
+if not memory.reset_peak():
+    sys.exit(3)
+before = memory.peak_bytes()
+block = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB touched
+assert memory.peak_bytes() >= before + (60 << 20), (memory.peak_bytes(), before)
+del block
+memory.release()
+assert memory.reset_peak()
+assert memory.peak_bytes() < before + (60 << 20) and memory.process_peak_bytes() >= before + (60 << 20)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    if result.returncode == 3:
+        pytest.skip("this kernel refuses or ignores clear_refs: peaks are the process's so far")
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 @pytest.mark.server

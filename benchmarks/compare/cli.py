@@ -44,6 +44,7 @@ from genguard.benchmarks.compare.summary import best_peak, summarize, target_row
 from genguard.benchmarks.compare.writing import (DETECTOR_COLUMNS, OPTION_COLUMNS, PRE_COLUMNS, SUMMARY_COLUMNS,
                                                  TARGET_COLUMNS, memory_line, write)
 from genguard.benchmarks.report import ratio, text_table
+from genguard.protocol import GRPC_PORT, HOST, HTTP_PORT
 
 
 PEAK_LIMIT_BYTES = 12 * 2**30  # issue 20: bench-compare must fit next to `make serve` on a 24 GiB machine
@@ -53,8 +54,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m genguard.benchmarks.compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build", type=Path, default=Path("build"), help="the build the server was started from")
-    parser.add_argument("--http-url", default="127.0.0.1:8000")
-    parser.add_argument("--grpc-url", default="127.0.0.1:8001")
+    parser.add_argument("--http-url", default=f"{HOST}:{HTTP_PORT}")
+    parser.add_argument("--grpc-url", default=f"{HOST}:{GRPC_PORT}")
     parser.add_argument("--images", type=int, default=8, help="real photos per mode (default 8)")
     parser.add_argument("--batch", type=int, default=8, help="batch size of the batched modes (default 8)")
     parser.add_argument("--rounds", type=int, default=2,

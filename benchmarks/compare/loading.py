@@ -105,7 +105,7 @@ def sample_images(count: int) -> dict[str, bytes]:
 
 def serves_int8(detectors: list[Detector]) -> bool:
     """Whether the running server serves any detector's INT8 model (read from its configs, not a tag)."""
-    from genguard.export.quantize import INT8_FILE
+    from genguard.engines import INT8_FILE
 
     return any(d.onnx.name == INT8_FILE for d in detectors)
 

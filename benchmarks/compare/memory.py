@@ -37,14 +37,17 @@ def rss_bytes() -> int:
 
 def reset_peak() -> bool:
     """Restart VmHWM from the current RSS (writing 5 to clear_refs, Linux ≥ 4.0), so that a peak measured
-    afterwards is that step's; False where the kernel refuses (then peaks are the process's so far)."""
+    afterwards is that step's; False where the kernel refuses or ignores it (then peaks are the process's
+    so far)."""
     global _EARLIER_PEAK
     _EARLIER_PEAK = max(_EARLIER_PEAK, peak_bytes())
     try:
         Path("/proc/self/clear_refs").write_text("5")
-        return True
     except OSError:
         return False
+    # Some kernels (and sandboxes) accept the write and keep the old peak: only a peak back near the
+    # current RSS counts as reset.
+    return peak_bytes() <= rss_bytes() + (16 << 20)
 
 
 def release() -> None:

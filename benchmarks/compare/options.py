@@ -19,7 +19,7 @@ def rows(bench, det: Detector, reference_probs: list[np.ndarray], repeat: int,
          reference_images_per_s: float | None = None) -> list[dict]:
     """Every speed option of `det` on the same tensors, one session alive at a time: ORT optimisation levels
     and threads, the INT8 files, and each genguard.engines option (OpenVINO FP32/BF16/INT8, static QDQ)."""
-    from genguard.export.quantize import INT8_FILE
+    from genguard.engines import INT8_FILE
     from genguard.export.reference import open_rgb
 
     B = bench.args.batch

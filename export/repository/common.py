@@ -19,6 +19,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from genguard import protocol, specs, triton_models
 from genguard.checksums import sha256_file
+from genguard.engines import FP32_FILE, INT8_FILE
 from genguard.fusion import FusionConfig, nsfw_labels, source_names
 from genguard.specs import DetectorSpec
 
@@ -26,7 +27,6 @@ TARGETS = ("cpu", "onnx-gpu", "tensorrt")
 GPU_TARGETS = ("onnx-gpu", "tensorrt")
 DEFAULT_MAX_BATCH = 16
 VALIDATE = "validate"  # the GPU targets' first step (python backend) before the DALI preprocess
-INT8_FILE = "model.int8.onnx"
 RENDERED_MARKER = ".genguard-repository"  # marks a folder render() made: the only kind it will replace
 
 
@@ -71,7 +71,7 @@ def find_exports(build: Path, detectors: list[str] | None = None) -> list[Export
     for name in names:
         spec = specs.get(name)
         folder = build / "onnx" / name
-        onnx_path, parity_path = folder / "model.onnx", folder / "parity.json"
+        onnx_path, parity_path = folder / FP32_FILE, folder / "parity.json"
         if not onnx_path.is_file() or not parity_path.is_file():
             if spec.optional and not detectors:
                 continue
