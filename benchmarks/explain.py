@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from genguard import explanations, protocol, specs
+from genguard.export.families import is_cnn
 
 
 COMPANION = "sumsub_sd"
@@ -74,7 +75,7 @@ def bench_detector(build: Path, name: str, images: list[bytes], batch: int, work
         explained, explain_failed = _rate(url, explanations.EXPLAIN_ENSEMBLE, images, batch)
     finally:
         server.stop_pid(process.pid)
-    method = explanations.GRADCAM if explanations.is_cnn(spec) else explanations.OCCLUSION
+    method = explanations.GRADCAM if is_cnn(spec) else explanations.OCCLUSION
     passes = 1
     if method == explanations.OCCLUSION:
         g = spec.input.size[0] // explanations.occlusion_window(spec)
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="genguard-explain-bench-") as tmp:
         for name in names:
-            count = args.images if explanations.is_cnn(specs.get(name)) else args.occlusion_images
+            count = args.images if is_cnn(specs.get(name)) else args.occlusion_images
             images = (photos * (count // len(photos) + 1))[:count]
             row = bench_detector(args.build, name, images, args.batch, Path(tmp))
             print(json.dumps(row), flush=True)

@@ -45,7 +45,7 @@ class OptionRefused(ValueError):
 # static INT8 (QDQ)
 
 
-def is_cnn(model) -> bool:
+def is_convolutional(model) -> bool:
     """Convolution carries the compute (a ViT has one Conv, its patch embedding)."""
     return sum(n.op_type == "Conv" for n in model.graph.node) > 1
 
@@ -175,7 +175,7 @@ def measure_detector(build: Path, name: str, options: list[str], *, images: dict
         if option.file == engines.QDQ_FILE and not _fresh(path, fp32):
             import onnx
 
-            if not is_cnn(onnx.load(os.fspath(fp32), load_external_data=False)):
+            if not is_convolutional(onnx.load(os.fspath(fp32), load_external_data=False)):
                 record["skipped"] = "not a CNN: static QDQ is built for convolution-heavy detectors only"
                 records[option.name] = record
                 continue

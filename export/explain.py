@@ -37,16 +37,15 @@ from genguard import explanations, onnx_runtime, specs
 from genguard.export import samples
 from genguard.checksums import sha256_file as sha256
 from genguard.export.checkpoints import HeadsModule, is_random, load
-from genguard.export.families import TwoHeadTimm
+from genguard.export.families import family_of, is_cnn
 from genguard.export.onnx_export import OPSET, write_atomic
 from genguard.protocol import DETECTOR_INPUT
 from genguard.preprocess import preprocess_bytes
 from genguard.specs import DetectorSpec
 
-log = logging.getLogger("genguard.export")
+from genguard.explanations import EXPLAIN_FILE, FAILED_RECORD_FILE, RECORD_FILE, cam_output, load_record  # noqa: F401
 
-from genguard.explanations import (CNN_FORMATS, EXPLAIN_FILE, FAILED_RECORD_FILE, RECORD_FILE,  # noqa: E402,F401
-                                   cam_output, is_cnn, load_record)
+log = logging.getLogger("genguard.export")
 
 CAM_ATOL = 1e-3  # max |dmap| vs pytorch-grad-cam at input resolution (issue 16)
 REF_CHUNK = 3  # images per pytorch-grad-cam call
@@ -110,36 +109,15 @@ class GradCamModule(nn.Module):
         super().__init__()
         self.heads = heads
         self.spec = heads.spec
-        model = heads.model
-        if isinstance(model, TwoHeadTimm):
-            self.target_layer = "backbone.bn2"
-        elif self.spec.format == "imagetrust_resnet18_mlp":
-            self.target_layer = "layer4"
-        elif self.spec.format == "timm_hub":
-            if getattr(model, "global_pool", None) is None or getattr(model.global_pool, "pool_type", "") != "avg":
-                raise TypeError(f"{self.spec.name}: Grad-CAM's closed form needs an average-pooled head")
-            self.target_layer = f"blocks.{len(model.blocks) - 1}"
-        else:
+        gradcam = family_of(self.spec).gradcam
+        if gradcam is None:
             raise TypeError(f"{self.spec.name}: no in-graph Grad-CAM for format {self.spec.format}")
+        parts = gradcam(heads.model)  # its checkpoint family knows the last conv stage and the heads
+        self.target_layer, self.features_and_logits = parts.target_layer, parts.split
 
     def layer(self) -> nn.Module:
         """The target layer module (for pytorch-grad-cam)."""
         return self.heads.model.get_submodule(self.target_layer)
-
-    def features_and_logits(self, pixels: torch.Tensor):
-        m = self.heads.model
-        if isinstance(m, TwoHeadTimm):
-            a = m.backbone.forward_features(pixels)
-            pooled = m.backbone.forward_head(a)
-            return a, [(m.binary(pooled), [m.binary]), (m.source(pooled), [m.source])]
-        if self.spec.format == "imagetrust_resnet18_mlp":
-            x = m.maxpool(m.relu(m.bn1(m.conv1(pixels))))
-            a = m.layer4(m.layer3(m.layer2(m.layer1(x))))
-            logits = m.fc(torch.flatten(m.avgpool(a), 1))
-            return a, [(logits, list(m.fc) if isinstance(m.fc, nn.Sequential) else [m.fc])]
-        a = m.forward_features(pixels)  # timm MobileNetV3
-        chain = [m.conv_head, m.norm_head, m.act2, m.flatten, m.classifier]
-        return a, [(m.forward_head(a), chain)]
 
     def forward(self, pixels: torch.Tensor):
         a, heads = self.features_and_logits(pixels)

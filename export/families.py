@@ -41,6 +41,9 @@ class Family:
     hub_files:        what load() reads from a hub repository (groups of alternatives); None: not on the hub.
     gpu_precision:    TensorRT precision on the GPU targets unless the spec says otherwise.
     call:             how the loaded model is called on a pixel batch (-> logits or a tuple of them).
+    gradcam:          CNN families: loaded model -> GradCamParts (the last convolutional stage and how the
+                      heads read it), for the in-graph Grad-CAM (export/explain.py); None: explained by
+                      occlusion through the served model instead (the transformers).
     """
 
     format: str
@@ -51,6 +54,16 @@ class Family:
     hub_files: tuple[tuple[str, ...], ...] | None = None
     gpu_precision: str = "fp16"
     call: Callable[[nn.Module, torch.Tensor], object] = lambda model, pixels: model(pixels)
+    gradcam: Callable[[nn.Module], "GradCamParts"] | None = None
+
+
+@dataclass(frozen=True)
+class GradCamParts:
+    """target_layer: the module path whose activations A [B, K, h, w] Grad-CAM weighs (pytorch-grad-cam's
+    target layer). split: pixels -> (A, [(logits, the layers from avg-pooled A to those logits), ...] per head)."""
+
+    target_layer: str
+    split: Callable[[torch.Tensor], tuple]
 
 
 def labels_of(spec: DetectorSpec) -> dict[int, str]:
@@ -240,6 +253,19 @@ def _random_timm_hub(spec: DetectorSpec, out: Path, overrides: dict, gen: torch.
     return out
 
 
+def _timm_hub_gradcam(model: nn.Module) -> GradCamParts:
+    """timm CNNs with an average-pooled conv head (MobileNetV3: conv_head, norm_head, act2, classifier)."""
+    if getattr(getattr(model, "global_pool", None), "pool_type", "") != "avg" or not hasattr(model, "conv_head"):
+        raise TypeError(f"{type(model).__name__}: Grad-CAM's closed form needs an average-pooled conv head")
+
+    def split(pixels):
+        a = model.forward_features(pixels)
+        chain = [model.conv_head, model.norm_head, model.act2, model.flatten, model.classifier]
+        return a, [(model.forward_head(a), chain)]
+
+    return GradCamParts(f"blocks.{len(model.blocks) - 1}", split)
+
+
 # ---------------------------------------------------------------------------------------------------
 # ImageTrust-AI: torchvision resnet18 with a two-layer MLP head, as a plain state dict
 
@@ -268,6 +294,15 @@ def _random_imagetrust(spec: DetectorSpec, out: Path, overrides: dict, gen: torc
     path = out / ("generator_model.pth" if head.role == "source" else "best_model.pth")  # ImageTrust's names
     torch.save(model.state_dict(), path)
     return path
+
+
+def _imagetrust_gradcam(model: nn.Module) -> GradCamParts:
+    def split(pixels):
+        x = model.maxpool(model.relu(model.bn1(model.conv1(pixels))))
+        a = model.layer4(model.layer3(model.layer2(model.layer1(x))))
+        return a, [(model.fc(torch.flatten(model.avgpool(a), 1)), list(model.fc))]
+
+    return GradCamParts("layer4", split)
 
 
 def _imagetrust_reference(spec, model, source, revision) -> Transform:
@@ -299,6 +334,15 @@ class TwoHeadTimm(nn.Module):
     def forward(self, pixels):
         features = self.backbone(pixels)
         return self.binary(features), self.source(features)
+
+
+def _two_head_gradcam(model: TwoHeadTimm) -> GradCamParts:
+    def split(pixels):
+        a = model.backbone.forward_features(pixels)
+        pooled = model.backbone.forward_head(a)
+        return a, [(model.binary(pooled), [model.binary]), (model.source(pooled), [model.source])]
+
+    return GradCamParts("backbone.bn2", split)
 
 
 def _two_head(spec: DetectorSpec) -> TwoHeadTimm:
@@ -337,12 +381,12 @@ FAMILIES: dict[str, Family] = {family.format: family for family in (
     # timm tries model.safetensors, then pytorch_model.bin (read with torch.load(weights_only=True))
     Family("timm_hub", "a timm hub checkpoint (config.json + weights, hf-hub:/local-dir:)",
            _load_timm_hub, _random_timm_hub, lambda spec, model, source, revision: timm_transform(model),
-           hub_files=(("config.json",), ("model.safetensors", "pytorch_model.bin"))),
+           hub_files=(("config.json",), ("model.safetensors", "pytorch_model.bin")), gradcam=_timm_hub_gradcam),
     Family("imagetrust_resnet18_mlp", "ImageTrust-AI's resnet18 + MLP head state dict (.pth)",
-           _load_imagetrust, _random_imagetrust, _imagetrust_reference),
+           _load_imagetrust, _random_imagetrust, _imagetrust_reference, gradcam=_imagetrust_gradcam),
     Family("timm_two_head_state_dict", "a timm backbone with binary and source heads, one state dict",
            _load_two_head, _random_two_head,
-           lambda spec, model, source, revision: timm_transform(model.backbone)),
+           lambda spec, model, source, revision: timm_transform(model.backbone), gradcam=_two_head_gradcam),
 )}
 
 
@@ -351,6 +395,11 @@ def family_of(spec: DetectorSpec) -> Family:
         return FAMILIES[spec.format]
     except KeyError:
         raise ValueError(f"{spec.name}: unknown checkpoint format {spec.format!r}; known: {', '.join(FAMILIES)}") from None
+
+
+def is_cnn(spec: DetectorSpec) -> bool:
+    """Explained by the in-graph Grad-CAM (else by occlusion through the served model)."""
+    return family_of(spec).gradcam is not None
 
 
 def gpu_precision(spec: DetectorSpec) -> str:

@@ -30,14 +30,6 @@ EPS = 1e-7  # pytorch_grad_cam.utils.image.scale_cam_image
 EXPLAIN_FILE = "explain.onnx"
 RECORD_FILE = "explain.json"
 FAILED_RECORD_FILE = "explain.failed.json"
-# checkpoint families whose models are CNNs with an average-pooled head: Grad-CAM in the graph
-CNN_FORMATS = ("imagetrust_resnet18_mlp", "timm_hub", "timm_two_head_state_dict")
-
-
-def is_cnn(spec) -> bool:
-    return spec.format in CNN_FORMATS
-
-
 def load_record(folder) -> dict | None:
     """explain.json if it passed and vouches for the explain.onnx beside it (sha256), else None."""
     import json

@@ -104,6 +104,8 @@ class DetectorSpec:
     timm_pretrained_cfg: transformers_timm_wrapper: the timm pretrained config the card builds its
                    transform from (and random checkpoints are made of); None: the checkpoint's own.
     gpu_precision: TensorRT precision on the GPU targets when the card advises one (None: the family's).
+    cpu_arena:     the cpu target's default for ONNX Runtime's CPU memory arena (make serve ARENA=auto),
+                   chosen by measurement (benchmarks/results/arena-full-random.md).
     optional:      exported and served only when a checkpoint is given (or WEIGHTS=random).
     prob_atol:     parity tolerance on probabilities (FP32 ONNX Runtime vs PyTorch).
     tiny:          architecture overrides for reduced-depth test builds (same code path, fewer layers).
@@ -121,6 +123,7 @@ class DetectorSpec:
     prob_atol: float = 1e-4
     timm_pretrained_cfg: str | None = None
     gpu_precision: Literal["fp32", "fp16", "bf16"] | None = None
+    cpu_arena: bool = True
     tiny: dict = field(default_factory=dict, hash=False, compare=False)
 
     def head(self, role: HeadRole) -> Head | None:
@@ -226,6 +229,9 @@ DETECTORS: dict[str, DetectorSpec] = {
             architecture="eva02_base_patch14_448",
             timm_pretrained_cfg="eva02_base_patch14_448.mim_in22k_ft_in22k_in1k",  # the card's create_transform
             gpu_precision="bf16",  # the card: trained in BF16, run it in BF16
+            # its arena held ~2.8 GB after batch-8 runs against ~0.26 GB without, at the same speed (the
+            # CNNs' and SigLIP's held 40-600 MB and were as fast or faster with it)
+            cpu_arena=False,
             input=EVA02_448,
             heads=(Head("nsfw", "nsfw", NSFW_LEVELS),),
             card="https://huggingface.co/Freepik/nsfw_image_detector",

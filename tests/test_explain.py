@@ -276,7 +276,7 @@ def test_occlusion_deletion(tiny_build, name):
 
 
 def test_every_detector_has_an_explanation_method():
-    from genguard.export.explain import is_cnn
+    from genguard.export.families import is_cnn
 
     assert {n for n, s in specs.DETECTORS.items() if is_cnn(s)} == set(CNNS)
     assert {s.architecture for n, s in specs.DETECTORS.items() if n in TRANSFORMERS} <= set(E.OCCLUSION_GRIDS)

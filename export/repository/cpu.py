@@ -37,12 +37,6 @@ def preprocess_config(inputs: dict[str, specs.InputSpec], max_batch: int, limits
     return config
 
 
-# Measured (benchmarks/results/arena-full-random.md): EVA02-448's arena keeps ~2.8 GB after batch-8 runs
-# against ~0.26 GB without it, at the same speed; for the CNNs and SigLIP it holds 40-600 MB and batch-8
-# runs were as fast or faster with it. So the arena is off by default where it costs gigabytes for nothing.
-ARENA_OFF = frozenset({"freepik_nsfw"})
-
-
 @dataclass(frozen=True)
 class CpuOptions:
     """ONNX Runtime settings of the cpu target's detectors; off-default ones are speed options whose
@@ -54,7 +48,7 @@ class CpuOptions:
                       for by make quantize's record (INT8=1; --precision ort-int8 asks for the full record).
     precision:        (detector, option) pairs: a genguard.engines option, or "best" (the fastest recorded option
                       within budget that this CPU runs); detectors not named serve ort-fp32 (or INT8 with int8).
-    arena:            ONNX Runtime's CPU memory arena: "auto" (off for ARENA_OFF, on elsewhere), "on", "off".
+    arena:            ONNX Runtime's CPU memory arena: "auto" (the spec's cpu_arena), "on", "off".
     queue:            the entry step's queue policy for bursts.
     """
 
@@ -65,8 +59,8 @@ class CpuOptions:
     arena: str = "auto"
     queue: QueuePolicy = QueuePolicy()
 
-    def arena_for(self, detector: str) -> bool:
-        return detector not in ARENA_OFF if self.arena == "auto" else self.arena == "on"
+    def arena_for(self, spec: specs.DetectorSpec) -> bool:
+        return spec.cpu_arena if self.arena == "auto" else self.arena == "on"
 
     def onnx_file(self) -> str:
         return INT8_FILE if self.int8 else "model.onnx"
@@ -109,7 +103,7 @@ def detector_config(det: ExportedDetector, max_batch: int, options: CpuOptions =
     _params(config, detector=spec.name, onnx_file=onnx_file or options.onnx_file(), weights=det.weights,
             checkpoint=det.checkpoint, intra_op_threads=str(options.intra_op_threads),
             optimization=options.optimization, onnx_sha256=onnx_sha256, cpu_option=option.name,
-            engine=option.engine, precision=option.precision, arena="1" if options.arena_for(spec.name) else "0")
+            engine=option.engine, precision=option.precision, arena="1" if options.arena_for(spec) else "0")
     return config
 
 

@@ -25,7 +25,8 @@ from .common import (GPU_TARGETS, ExportedDetector, _params, _tensor, _write_mod
 
 def explain_plan(det: ExportedDetector) -> dict:
     """How `det` is explained: {"method", "onnx", "sha256", "grid", ...} or {"unavailable": why}."""
-    from genguard.explanations import is_cnn, load_record
+    from genguard.explanations import load_record
+    from genguard.export.families import is_cnn
 
     spec = det.spec
     folder = det.onnx.parent
