@@ -190,15 +190,16 @@ def output_tensors(detector_specs: list[DetectorSpec]):
     return outputs
 
 
-def ensemble_config(dets: list[ExportedDetector], inputs: dict[str, specs.InputSpec], max_batch: int,
-                    *, validate: bool = False) -> mc.ModelConfig:
-    """The `genguard` ensemble. validate=True (GPU targets): IMAGE -> validate -> (ENCODED -> DALI
-    preprocess, IMAGE_INFO -> postprocess); the client-facing input and outputs are the same."""
-    config = mc.ModelConfig(name=protocol.ENSEMBLE, platform="ensemble", max_batch_size=max_batch)
+def ensemble_entry(name: str, dets: list[ExportedDetector], inputs: dict[str, specs.InputSpec], max_batch: int,
+                   validate: bool):
+    """An ensemble's input, outputs and entry steps, shared by `genguard` and `genguard_explain`.
+    validate=True (GPU targets): IMAGE -> validate -> (ENCODED -> DALI preprocess, IMAGE_INFO -> onwards);
+    else IMAGE -> preprocess (pixels + IMAGE_INFO). Returns (config, its outputs, its steps)."""
+    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch)
     _tensor(config.input, protocol.INPUT, mc.TYPE_UINT8, [-1])
     outputs = output_tensors([d.spec for d in dets])
-    for name, dtype, dims, labels in outputs:
-        _tensor(config.output, name, dtype, dims, labels)
+    for output, dtype, dims, labels in outputs:
+        _tensor(config.output, output, dtype, dims, labels)
     steps = config.ensemble_scheduling.step
     if validate:
         from genguard.dali import DALI_INPUT
@@ -212,10 +213,23 @@ def ensemble_config(dets: list[ExportedDetector], inputs: dict[str, specs.InputS
     else:
         pre = steps.add(model_name=protocol.PREPROCESS, model_version=-1)
         pre.input_map[protocol.INPUT] = protocol.INPUT
-    for name in inputs:
-        pre.output_map[protocol.pixels_tensor(name)] = protocol.pixels_tensor(name)
-    if not validate:
         pre.output_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
+    for pixels in inputs:
+        pre.output_map[protocol.pixels_tensor(pixels)] = protocol.pixels_tensor(pixels)
+    return config, outputs, steps
+
+
+def last_step(steps, post: mc.ModelEnsembling.Step, outputs) -> None:
+    """The ensemble's final step answers every ensemble output."""
+    for output, *_ in outputs:
+        post.output_map[output] = output
+    steps.append(post)
+
+
+def ensemble_config(dets: list[ExportedDetector], inputs: dict[str, specs.InputSpec], max_batch: int,
+                    *, validate: bool = False) -> mc.ModelConfig:
+    """The `genguard` ensemble: entry steps -> detectors (in parallel) -> postprocess."""
+    config, outputs, steps = ensemble_entry(protocol.ENSEMBLE, dets, inputs, max_batch, validate)
     post = mc.ModelEnsembling.Step(model_name=protocol.POSTPROCESS, model_version=-1)
     post.input_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
     for det in dets:
@@ -225,9 +239,7 @@ def ensemble_config(dets: list[ExportedDetector], inputs: dict[str, specs.InputS
             tensor = protocol.head_tensor(det.spec.name, head.name)
             step.output_map[head.name] = tensor
             post.input_map[tensor] = tensor
-    for name, *_ in outputs:
-        post.output_map[name] = name
-    steps.append(post)
+    last_step(steps, post, outputs)
     return config
 
 

@@ -19,7 +19,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from genguard import explanations, protocol, specs
 
-from .common import (GPU_TARGETS, ExportedDetector, _params, _tensor, _write_model, output_tensors,
+from .common import (GPU_TARGETS, ExportedDetector, _params, _tensor, _write_model, ensemble_entry, last_step,
                      postprocess_config)
 
 
@@ -67,29 +67,7 @@ def explain_ensemble_config(dets: list[ExportedDetector], plans: dict[str, dict]
                             inputs: dict[str, specs.InputSpec], max_batch: int,
                             validate: bool = False) -> mc.ModelConfig:
     """validate=True (GPU targets): the entry steps are validate and the DALI preprocess, as in `genguard`."""
-    config = mc.ModelConfig(name=explanations.EXPLAIN_ENSEMBLE, platform="ensemble", max_batch_size=max_batch)
-    _tensor(config.input, protocol.INPUT, mc.TYPE_UINT8, [-1])
-    outputs = output_tensors([d.spec for d in dets])
-    for name, dtype, dims, labels in outputs:
-        _tensor(config.output, name, dtype, dims, labels)
-    steps = config.ensemble_scheduling.step
-    if validate:
-        from genguard.dali import DALI_INPUT
-
-        from .common import VALIDATE
-
-        check = steps.add(model_name=VALIDATE, model_version=-1)
-        check.input_map[protocol.INPUT] = protocol.INPUT
-        check.output_map[DALI_INPUT] = DALI_INPUT
-        check.output_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
-        pre = steps.add(model_name=protocol.PREPROCESS, model_version=-1)
-        pre.input_map[DALI_INPUT] = DALI_INPUT
-    else:
-        pre = steps.add(model_name=protocol.PREPROCESS, model_version=-1)
-        pre.input_map[protocol.INPUT] = protocol.INPUT
-        pre.output_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
-    for name in inputs:
-        pre.output_map[protocol.pixels_tensor(name)] = protocol.pixels_tensor(name)
+    config, outputs, steps = ensemble_entry(explanations.EXPLAIN_ENSEMBLE, dets, inputs, max_batch, validate)
     post = mc.ModelEnsembling.Step(model_name=explanations.EXPLAIN_POSTPROCESS, model_version=-1)
     post.input_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
     for det in dets:
@@ -108,9 +86,7 @@ def explain_ensemble_config(dets: list[ExportedDetector], plans: dict[str, dict]
                 cams = explanations.cam_tensor(spec.name, head.name)
                 step.output_map[explanations.cam_output(head.name)] = cams
                 post.input_map[cams] = cams
-    for name, *_ in outputs:
-        post.output_map[name] = name
-    steps.append(post)
+    last_step(steps, post, outputs)
     return config
 
 
