@@ -212,7 +212,7 @@ def test_tally_refusals():
 def test_every_refusal_reason_has_a_series():
     """Each reason the decoders can give (ImageRejected / the validate step's refusals) is pre-created."""
     found = set()
-    for path in (ROOT / "genguard" / "preprocess.py", ROOT / "export" / "dali.py"):
+    for path in (ROOT / "genguard" / "preprocess.py", ROOT / "genguard" / "dali.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("ImageRejected", "_refuse"):
                 if node.args and isinstance(node.args[0], ast.Constant):

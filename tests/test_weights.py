@@ -335,7 +335,8 @@ def test_offline_default_export_serves_real_weights_and_names_the_revision(tiny_
         out = capsys.readouterr()
         for spec in HUB:
             line = next(l for l in out.out.splitlines() if l.split()[0] == spec.name)
-            assert line.split()[1:] == ["ready", "real", "weights,", "revision", commit_of(spec.source)]
+            assert line.split()[1:] == ["ready", "real", "weights,", "revision", f"{commit_of(spec.source)},",
+                                        "onnxruntime", "fp32"]
         assert "random weights" not in out.err
 
         # make serve re-exports a detector whose pinned revision differs from the one exported
