@@ -71,7 +71,7 @@ def measured(tiny_build, tmp_path_factory):
     build = tmp_path_factory.mktemp("cpu-options")
     shutil.copytree(tiny_build / "onnx" / "sumsub_sd", build / "onnx" / "sumsub_sd")
     images = dict(list(samples.all_images().items())[:6])
-    options = ["ort-int8-qdq", "openvino-fp32", "openvino-bf16", "openvino-int8"]
+    options = ["ort-int8-qdq", "openvino-fp32", "openvino-bf16", "openvino-bf16-mixed", "openvino-int8"]
     records = cpu_options.measure_detector(build, "sumsub_sd", options, images=images, speed_rounds=1)
     return build / "onnx" / "sumsub_sd", records
 
@@ -84,6 +84,9 @@ def test_each_option_is_measured_against_fp32_and_the_reference(measured):
     for name, r in records.items():
         if engines.missing_instructions(engines.get(name), caps):
             assert "lacks" in r["skipped"]
+            continue
+        if name == "openvino-bf16-mixed":  # a CNN's residual adds fuse into its bf16 convolutions: nothing kept f32
+            assert "it would be openvino-bf16" in r["skipped"] and "vs_fp32" not in r
             continue
         for side in ("vs_fp32", "vs_reference"):
             assert r[side]["images"] == 6 and 0 <= r[side]["max_abs_prob"] <= 1
@@ -176,3 +179,38 @@ def test_report_lists_each_record_and_what_best_serves(measured):
     assert best.rstrip(" |").endswith(cpu_options.best_option(folder))
     qdq = next(line for line in lines if line.split(" | ")[1] == "ort-int8-qdq")
     assert "| yes | yes |" in qdq  # within budget, servable
+
+
+def test_mixed_bf16_marks_the_layers_it_keeps_f32(tiny_build):
+    """keep_f32 runs anywhere (no BF16 needed): the marked layers come back from OpenVINO's IR carrying
+    its DisablePrecisionConversion attribute, and nothing else is marked."""
+    import openvino as ov
+
+    model, kept = engines.keep_f32(ov.Core(), tiny_build / "onnx" / "freepik_nsfw" / "model.onnx",
+                                   engines.MIXED_F32_TYPES)
+    marked = {op.get_friendly_name(): op.get_type_name() for op in model.get_ops()
+              if "DisablePrecisionConversion_0" in op.get_rt_info()}
+    assert set(marked) == kept and kept
+    assert set(marked.values()) == {"Softmax", "MVN", "Add"}  # IR "SoftMax" is opset8 Softmax
+
+
+@pytest.mark.skipif(not cpus.capabilities()["bf16"], reason="needs a CPU with AVX-512 BF16 or AMX (OpenVINO bf16)")
+def test_mixed_bf16_runs_the_marked_layers_f32_and_refuses_when_nothing_stays_f32(tiny_build):
+    from genguard import preprocess, specs
+    from genguard.export import samples
+
+    folder = tiny_build / "onnx" / "freepik_nsfw"
+    mixed = engines.open_engine("openvino-bf16-mixed", folder / "model.onnx")
+    plain = engines.open_engine("openvino-bf16", folder / "model.onnx")
+    assert mixed.precision == plain.precision and "bfloat16" in mixed.precision
+    assert mixed.f32_layers > 0 and plain.f32_layers == 0
+    spec = specs.get("freepik_nsfw")
+    pixels = np.stack([preprocess.preprocess_bytes(b, {"x": spec.input})[1]["x"]
+                       for b in list(samples.photos().values())[:2]])
+    fp32 = engines.open_engine("ort-fp32", folder / "model.onnx").run(None, {"pixels": pixels})[0]
+    out = {name: e.run(None, {"pixels": pixels})[0] for name, e in (("mixed", mixed), ("plain", plain))}
+    assert not np.array_equal(out["mixed"], out["plain"])  # the marks changed the arithmetic
+    assert np.abs(out["mixed"] - fp32).max() < 0.1 * (np.abs(fp32).max() + 1)
+    # sumsub_sd's adds all fuse into bf16 convolutions: the option would be plain bf16 under another name
+    with pytest.raises(engines.OptionError, match="it would be openvino-bf16"):
+        engines.open_engine("openvino-bf16-mixed", tiny_build / "onnx" / "sumsub_sd" / "model.onnx")

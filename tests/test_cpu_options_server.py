@@ -19,7 +19,7 @@ pytestmark = pytest.mark.server
 
 # one server, four options: each detector runs a different one
 # (openvino-int8 loads in test_cpu_options; ImageTrust's QDQ misses the budget with the tiny random weights)
-CHOSEN = {"sumsub_sd": "ort-int8-qdq", "freepik_nsfw": "openvino-bf16", "imagetrust_binary": "openvino-bf16",
+CHOSEN = {"sumsub_sd": "ort-int8-qdq", "freepik_nsfw": "openvino-bf16-mixed", "imagetrust_binary": "openvino-bf16",
           "imagetrust_source": "openvino-fp32"}
 
 
@@ -67,7 +67,7 @@ def test_each_option_loads_and_answers_within_its_recorded_budget(option_build, 
         assert {n: e["option"] for n, e in health.engines.items()} == CHOSEN
         assert cli_main(["health", "--url", running.grpc_url]) == 0
         shown = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
-        assert shown["freepik_nsfw"].endswith("random weights, openvino bf16")
+        assert shown["freepik_nsfw"].endswith("random weights, openvino bf16-mixed")
         assert shown["sumsub_sd"].endswith("random weights, onnxruntime int8-qdq")
     finally:
         server.stop_pid(running.process.pid)
@@ -93,9 +93,9 @@ def test_a_cpu_without_bf16_is_refused_at_render_and_by_the_detector_model(optio
     from conftest import start_server
 
     monkeypatch.setenv(cpus.HIDE_FLAGS_ENV, "avx512_bf16,amx_bf16")
-    with pytest.raises(RepositoryError, match="freepik_nsfw: openvino-bf16 needs CPU instructions this machine lacks"):
+    with pytest.raises(RepositoryError, match="freepik_nsfw: openvino-bf16-mixed needs CPU instructions this machine lacks"):
         render("cpu", option_build, tmp_path / "refused", detectors=list(CHOSEN),
-               cpu=CpuOptions(precision=(("freepik_nsfw", "openvino-bf16"),)))
+               cpu=CpuOptions(precision=(("freepik_nsfw", "openvino-bf16-mixed"),)))
     # "best" skips what this CPU can't run
     repo = render("cpu", option_build, tmp_path / "best", detectors=list(CHOSEN),
                   cpu=CpuOptions(precision=(("freepik_nsfw", "best"),)))
@@ -103,7 +103,7 @@ def test_a_cpu_without_bf16_is_refused_at_render_and_by_the_detector_model(optio
     # rendered on a BF16 machine, served on one without: the detector model refuses to load
     monkeypatch.delenv(cpus.HIDE_FLAGS_ENV)
     repo = render("cpu", option_build, tmp_path / "bf16", detectors=["sumsub_sd", "freepik_nsfw"],
-                  cpu=CpuOptions(precision=(("freepik_nsfw", "openvino-bf16"),)))
+                  cpu=CpuOptions(precision=(("freepik_nsfw", "openvino-bf16-mixed"),)))
     monkeypatch.setenv(cpus.HIDE_FLAGS_ENV, "avx512_bf16,amx_bf16")
     from genguard import server
 
@@ -115,5 +115,5 @@ def test_a_cpu_without_bf16_is_refused_at_render_and_by_the_detector_model(optio
             server.wait_ready(process, ports, timeout=120, log_file=log)
     finally:
         server.stop_pid(process.pid)
-    assert "openvino-bf16 needs CPU instructions this machine lacks" in log.read_text()
+    assert "openvino-bf16-mixed needs CPU instructions this machine lacks" in log.read_text()
     assert os.environ[cpus.HIDE_FLAGS_ENV]
