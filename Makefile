@@ -14,7 +14,7 @@ LABELS ?=
 DETECTORS ?=
 TARGET ?= cpu
 # CPU speed options (off by default; benchmarks report their accuracy cost): INT8=1, ORT_OPT=basic, ORT_THREADS=N,
-# PRECISION="best" or "freepik_nsfw=openvino-bf16 sumsub_sd=ort-int8-qdq" (records: make cpu-options)
+# PRECISION="best" or "freepik_nsfw=openvino-bf16-mixed sumsub_sd=ort-int8-qdq" (records: make cpu-options)
 INT8 ?=
 PRECISION ?=
 ORT_OPT ?= all

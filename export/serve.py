@@ -125,8 +125,8 @@ def main(argv=None) -> int:
     serve_p.add_argument("--int8", action="store_true",
                          help="serve the INT8 models (make quantize's record; = --precision ort-int8 on that record)")
     serve_p.add_argument("--precision", action="append", default=[], metavar="[NAME=]OPTION",
-                         help="CPU engine/precision per detector: ort-fp32, ort-int8, ort-int8-qdq, openvino-fp32, "
-                              "openvino-bf16, openvino-int8, or best (repeatable; a plain value: every detector)")
+                         help=f"CPU engine/precision per detector: {', '.join(engines.OPTIONS)}, or best "
+                              "(repeatable; a plain value: every detector)")
     serve_p.add_argument("--arena", choices=("auto", "on", "off"), default="auto",
                           help="ONNX Runtime's CPU memory arena (auto: off for EVA02-448, where it holds GBs)")
     serve_p.add_argument("--explain", action="store_true",

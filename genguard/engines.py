@@ -29,7 +29,7 @@ QDQ_FILE = "model.qdq.onnx"     # static INT8, QDQ with calibration on the sampl
 class Option:
     name: str
     engine: str        # "onnxruntime" | "openvino"
-    precision: str     # "fp32" | "int8" | "int8-qdq" | "bf16"
+    precision: str     # "fp32" | "int8" | "int8-qdq" | "bf16" | "bf16-mixed"
     file: str
     needs: tuple[str, ...] = ()  # genguard.cpus capabilities
     what: str = ""

@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from genguard import specs
+from genguard import engines, specs
 from genguard.engines import OptionError
 from genguard.export.cpu_options import parse_precision
 from genguard.fusion import FusionConfig
@@ -40,8 +40,8 @@ def main(argv=None) -> int:
                        help="symlink model.onnx files to BUILD/onnx (default for cpu; only where BUILD stays)")
     cpu_args = parser.add_argument_group("cpu target")
     cpu_args.add_argument("--precision", action="append", default=[], metavar="[NAME=]OPTION",
-                          help="CPU engine/precision per detector (genguard.engines: ort-fp32, ort-int8, ort-int8-qdq, "
-                               "openvino-fp32, openvino-bf16, openvino-int8) or best; a plain value: every detector")
+                          help=f"CPU engine/precision per detector (genguard.engines: {', '.join(engines.OPTIONS)}) or "
+                               "best; a plain value: every detector")
     cpu_args.add_argument("--int8", action="store_true", help="serve model.int8.onnx on make quantize's record")
     cpu_args.add_argument("--arena", choices=("auto", "on", "off"), default="auto",
                           help="ONNX Runtime's CPU memory arena (auto: off for EVA02-448, where it holds GBs)")
