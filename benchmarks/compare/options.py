@@ -49,9 +49,21 @@ def rows(bench, det: Detector, reference_probs: list[np.ndarray], repeat: int,
             notes[label] = f"not on this CPU: it lacks {', '.join(missing)}"
             configs.append((label, None, None))
             continue
+        if records.get(option.name, {}).get("skipped"):  # e.g. bf16-mixed where nothing would stay f32
+            notes[label] = _record_note(records[option.name], path)
+            configs.append((label, None, None))
+            continue
         notes[label] = _record_note(records.get(option.name), path)
-        configs.append((label, path, (lambda o=option, p=path: engines.open_engine(
-            o, p, threads=threads, spinning=False, arena=False))))
+        opener = (lambda o=option, p=path: engines.open_engine(o, p, threads=threads, spinning=False, arena=False))
+        if option.name not in records and path.is_file():
+            try:  # no record says whether it opens here: bf16-mixed refuses where nothing would stay f32
+                opener()
+            except engines.OptionError as exc:
+                notes[label] = f"not run: {str(exc).removeprefix(option.name + ': ')}"
+                configs.append((label, None, None))
+                continue
+            memory.release()
+        configs.append((label, path, opener))
     rows, modes = {}, {}
     for label, path, opener in configs:
         rows[label] = {"table": "options", "detector": det.name, "option": label, "note": notes.get(label)}
@@ -111,7 +123,7 @@ def _records(folder: Path) -> dict:
 
 def _record_note(record: dict | None, path: Path) -> str:
     if record and record.get("skipped"):
-        return f"not built: {record['skipped']}"
+        return f"not run: {record['skipped']}"
     if not record or "vs_fp32" not in record:
         return "no accuracy record: python -m genguard.export.cpu_options --build BUILD (not servable)"
     from genguard.checksums import sha256_file
