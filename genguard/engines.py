@@ -53,8 +53,8 @@ DEFAULT = "ort-fp32"
 
 # openvino-bf16-mixed: OpenVINO op types kept in f32 while the rest runs bf16 — the usual mixed-precision split
 # (matrix multiplies low, reductions high). Measured on EVA02-448 (random weights, 23 sample images): all-bf16
-# max |Δprob| 1.1e-2, these three kept f32 7.8e-3 for ~12 % of bf16's speed; keeping only some of them, or
-# the first/last blocks, did less per second lost.
+# max |Δprob| 1.1e-2; these three kept f32 7.8e-3, ~10 % slower than all-bf16; keeping only some of them, or
+# the first/last blocks, bought less accuracy per second lost.
 MIXED_F32_TYPES = ("SoftMax", "MVN", "Add")
 
 
@@ -135,6 +135,7 @@ class OpenVinoEngine(Engine):
         self.request = self.compiled.create_infer_request()
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
         self.precision = str(self.compiled.get_property(hints.inference_precision))
+        self.kept_f32 = kept  # the layers marked to keep f32 (bf16-mixed), by name
         self.f32_layers = runtime_f32_layers(self.compiled, kept)
         if kept and not self.f32_layers:
             # the marks were not honoured (another OpenVINO), or every marked layer was fused into a bf16 one
