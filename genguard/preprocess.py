@@ -184,6 +184,11 @@ def without_png_text(data: bytes) -> bytes:
     return b"".join(data[s] for s in keep)
 
 
+# No accepted format fits a whole image in fewer bytes before its trailing zeros (a 1x1 BMP's header alone
+# reaches byte 29; PNG, GIF, JPEG and WebP end in non-zero markers and are longer).
+MIN_IMAGE_BYTES = 8
+
+
 def open_checked(data: bytes, limits: DecodeLimits = DecodeLimits()) -> tuple[Image.Image, bytes]:
     """The header checks made before any pixel is decoded (byte limit, zero padding, truncation markers,
     format, pixel count; Pillow's header parse), or ImageRejected. Returns the opened image (not yet
@@ -196,6 +201,10 @@ def open_checked(data: bytes, limits: DecodeLimits = DecodeLimits()) -> tuple[Im
     size = len(data.rstrip(b"\0"))
     if size == 0:
         raise ImageRejected("empty", "empty input: no image bytes were sent")
+    if size < MIN_IMAGE_BYTES:
+        # Decided on the unpadded length: padded, b"|" would read as a DIB header size (124) and b"\n" as
+        # a PCX header, so the same bytes would get another answer in a batch than alone.
+        raise ImageRejected("not_an_image", f"{size} bytes: too short to be an image")
     if size > limits.max_bytes:
         raise ImageRejected("too_large", f"image is {size} bytes, over the limit of {limits.max_bytes} bytes")
     data = without_png_text(encoded_extent(data))
