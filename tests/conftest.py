@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,31 @@ def tiny_build(tmp_path_factory) -> Path:
         assert main(["--weights", "random", "--tiny", "--build", str(build)]) == 0
     for name in specs.DETECTORS:
         assert (build / "onnx" / name / "model.onnx").is_file(), name
+    return build
+
+
+# The detectors that have in-graph Grad-CAM exports (explain.onnx).
+CNNS = ["imagetrust_binary", "imagetrust_source", "sumsub_sd", "hive_effb4"]
+
+
+@pytest.fixture(scope="session")
+def explain_build(tiny_build, tmp_path_factory) -> Path:
+    """A build whose CNN detectors have explain.onnx + explain.json, exported by this test run (or reused from
+    GENGUARD_TEST_EXPLAIN_BUILD when every record there still vouches for its file)."""
+    from genguard.export.explain import load_record
+
+    reuse = os.environ.get("GENGUARD_TEST_EXPLAIN_BUILD")
+    if reuse and all(load_record(Path(reuse) / "onnx" / n) for n in CNNS):
+        return Path(reuse)
+    build = tmp_path_factory.mktemp("explain_build")
+    for name in specs.DETECTORS:
+        shutil.copytree(tiny_build / "onnx" / name, build / "onnx" / name)
+    shutil.copytree(tiny_build / "checkpoints", build / "checkpoints")
+    # the CLI, in its own process: tracing four CNNs holds GBs that a test process would keep
+    for name in CNNS:  # one process each: what tracing and the reference hold is handed back in between
+        subprocess.run([sys.executable, "-W", "ignore", "-m", "genguard.export.explain", "--build", str(build),
+                        "--detectors", name], check=True, capture_output=True)
+    assert all(load_record(build / "onnx" / n) for n in CNNS)
     return build
 
 

@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from genguard import cpus, onnx_runtime, protocol
+from genguard import cpus, onnx_runtime
 from genguard.benchmarks import compare, perf_analyzer, report
 from genguard.export.flops import flops_per_image, node_flops
 from genguard.benchmarks.report import Timing

@@ -90,8 +90,6 @@ def test_each_option_loads_and_answers_within_its_recorded_budget(option_build, 
 
 
 def test_a_cpu_without_bf16_is_refused_at_render_and_by_the_detector_model(option_build, tmp_path, monkeypatch):
-    from conftest import start_server
-
     monkeypatch.setenv(cpus.HIDE_FLAGS_ENV, "avx512_bf16,amx_bf16")
     with pytest.raises(RepositoryError, match="freepik_nsfw: openvino-bf16-mixed needs CPU instructions this machine lacks"):
         render("cpu", option_build, tmp_path / "refused", detectors=list(CHOSEN),

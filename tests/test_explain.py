@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import shutil
 import warnings
@@ -17,39 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import CNNS
 from genguard import explanations as E
 from genguard import specs
 
 pytest.importorskip("pytorch_grad_cam")
 torch = pytest.importorskip("torch")
 
-CNNS = ["imagetrust_binary", "imagetrust_source", "sumsub_sd", "hive_effb4"]
 TRANSFORMERS = ["opensdi_flux", "freepik_nsfw"]
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-@pytest.fixture(scope="session")
-def explain_build(tiny_build, tmp_path_factory) -> Path:
-    """A build whose CNN detectors have explain.onnx + explain.json, exported by this test run (or reused from
-    GENGUARD_TEST_EXPLAIN_BUILD when every record there still vouches for its file)."""
-    from genguard.export.explain import load_record
-
-    reuse = os.environ.get("GENGUARD_TEST_EXPLAIN_BUILD")
-    if reuse and all(load_record(Path(reuse) / "onnx" / n) for n in CNNS):
-        return Path(reuse)
-    import subprocess
-    import sys
-
-    build = tmp_path_factory.mktemp("explain_build")
-    for name in specs.DETECTORS:
-        shutil.copytree(tiny_build / "onnx" / name, build / "onnx" / name)
-    shutil.copytree(tiny_build / "checkpoints", build / "checkpoints")
-    # the CLI, in its own process: tracing four CNNs holds GBs that a test process would keep
-    for name in CNNS:  # one process each: what tracing and the reference hold is handed back in between
-        subprocess.run([sys.executable, "-W", "ignore", "-m", "genguard.export.explain", "--build", str(build),
-                        "--detectors", name], check=True, capture_output=True)
-    assert all(load_record(build / "onnx" / n) for n in CNNS)
-    return build
 
 
 def _photos_pixels(spec, size=None):

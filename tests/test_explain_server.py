@@ -9,16 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import start_server
+from conftest import CNNS, start_server
 from genguard import explanations as E
 from genguard import protocol, specs
-from test_explain import CNNS, explain_build  # noqa: F401 (the fixture)
 
 pytest.importorskip("tritonclient")
 
 
 @pytest.fixture(scope="module")
-def explain_server(explain_build, tmp_path_factory):  # noqa: F811
+def explain_server(explain_build, tmp_path_factory):
     from genguard import server
 
     running = start_server(explain_build, tmp_path_factory.mktemp("explain_triton"), explain=True)
@@ -50,7 +49,7 @@ def _infer(url: str, protocol_name: str, model: str, images: list[bytes]) -> lis
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
-def test_explain_ensemble_answers_maps_and_a_bad_image_fails_alone(explain_server, explain_build, transport):  # noqa: F811
+def test_explain_ensemble_answers_maps_and_a_bad_image_fails_alone(explain_server, explain_build, transport):
     url = explain_server.http_url if transport == "http" else explain_server.grpc_url
     images = _photos()
     explained = _infer(url, transport, E.EXPLAIN_ENSEMBLE, list(images.values()))
@@ -83,7 +82,7 @@ def test_explain_ensemble_answers_maps_and_a_bad_image_fails_alone(explain_serve
                     assert entry["target_label"] == max(probs, key=probs.get)
 
 
-def test_served_gradcam_map_is_the_exported_one(explain_server, explain_build):  # noqa: F811
+def test_served_gradcam_map_is_the_exported_one(explain_server, explain_build):
     """The map served for imagetrust_source equals explain.onnx's on the same preprocessed image."""
     from genguard import onnx_runtime
     from genguard.preprocess import preprocess_bytes
@@ -126,19 +125,15 @@ def test_cli_explain_writes_overlays_and_json(explain_server, tmp_path, capsys):
     assert "corrupt.jpg: FAILURE" in capsys.readouterr().out
 
 
-def test_gateway_detect_with_explain(explain_server):
+def test_gateway_detect_with_explain(explain_server, tmp_path):
     """POST /v1/detect?explain=true answers the documents with explanations; a corrupt image fails alone;
     without the flag the documents have none."""
     import requests
 
     from test_gateway import KEY, auth, start_gateway
 
-    import tempfile
-    from pathlib import Path
-
     images = _photos()
-    gw = start_gateway(explain_server.grpc_url, Path(tempfile.mkdtemp(prefix="gg-explain-gw-")), "--deadline-s", "600",
-                       keys=[KEY])
+    gw = start_gateway(explain_server.grpc_url, tmp_path, "--deadline-s", "600", keys=[KEY])
     try:
         files = [("file", (name, data)) for name, data in images.items() if name != "astronaut.png"]
         r = requests.post(gw.url + "/v1/detect?explain=true", files=files, headers=auth(), timeout=900)
@@ -154,7 +149,7 @@ def test_gateway_detect_with_explain(explain_server):
         gw.stop()
 
 
-def test_render_without_an_explain_onnx_serves_the_plain_detector(explain_build, tmp_path):  # noqa: F811
+def test_render_without_an_explain_onnx_serves_the_plain_detector(explain_build, tmp_path):
     """A CNN whose explain.json no longer vouches for its file is explained as unavailable: genguard_explain
     runs its plain model, and postprocess_explain says why; genguard's own models are rendered as without
     --explain."""
@@ -185,7 +180,7 @@ def test_render_without_an_explain_onnx_serves_the_plain_detector(explain_build,
 
 
 @pytest.mark.parametrize("target", ["onnx-gpu", "tensorrt"])
-def test_gpu_targets_render_the_explain_ensemble(explain_build, tmp_path, target):  # noqa: F811
+def test_gpu_targets_render_the_explain_ensemble(explain_build, tmp_path, target):
     """Offline: the GPU targets' genguard_explain: validate -> DALI preprocess -> explain models served like the
     detectors (Grad-CAM) or BLS occlusion through the served detector -> postprocess_explain. Running it needs
     a GPU (not available here)."""

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from . import metrics, perturb
-from .evaluate import FUSED, fusion_of
+from .evaluate import fusion_of
 from .scoring import binary_head
 
 CLIP = 1e-7  # as genguard.fusion clips before taking a logit
