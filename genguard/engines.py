@@ -175,8 +175,11 @@ def keep_f32(core, path, op_types: tuple[str, ...]):
             ET.SubElement(rt_info, "attribute", name="DisablePrecisionConversion", version="0",
                           value="dynamic:f16,bf16")
             kept.add(layer.get("name"))
-        tree.write(xml_path)
-        return core.read_model(xml_path), kept
+        with open(os.path.join(tmp, "model.bin"), "rb") as f:
+            weights = f.read()
+    # read back from memory: a model read from the files keeps the (deleted) .bin mapped, and its disk held, for as
+    # long as it serves
+    return core.read_model(ET.tostring(tree.getroot()), weights), kept
 
 
 def runtime_f32_layers(compiled, names: set[str]) -> int:
