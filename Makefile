@@ -29,7 +29,7 @@ PROVENANCE ?=
 EXPORT_ARGS = --weights $(WEIGHTS) --build $(BUILD) $(if $(DETECTORS),--detectors $(DETECTORS)) \
 	$(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(foreach r,$(REVISIONS),--revision $(r)) $(foreach l,$(LABELS),--labels $(l))
 
-.PHONY: setup test export quantize cpu-options repository serve stop bench bench-compare soak gpu-check image clean weights weights-unpack explain
+.PHONY: setup test test-all docs export quantize cpu-options repository serve stop bench bench-compare soak gpu-check image clean weights weights-unpack explain
 
 # Dependencies are reinstalled only when pyproject.toml changes; the editable install of this
 # checkout is refreshed every time (a cached venv may have been made from another clone).
@@ -37,14 +37,25 @@ setup:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@want=$$(sha256sum pyproject.toml | cut -c1-16); \
 	if [ "$$(cat $(VENV)/.genguard-deps 2>/dev/null)" != "$$want" ]; then \
-		$(BIN)/pip install --disable-pip-version-check -e '.[export,server,test,bench,gateway]' && echo $$want > $(VENV)/.genguard-deps; \
+		$(BIN)/pip install --disable-pip-version-check -e '.[export,server,test,bench,gateway,docs]' && echo $$want > $(VENV)/.genguard-deps; \
 	else \
 		$(BIN)/pip install --disable-pip-version-check -q --no-deps -e . ; \
 	fi
 	@echo "venv ready: $(VENV)"
 
+# Two tiers (README "Tests"): `make test` is the fast tier (minutes; still one real tritonserver + gateway);
+# `make test-all` is everything, and is what CI runs. PYTEST_ARGS adds pytest options to either.
+PYTEST_ARGS ?=
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The manual as a site (docs/, mkdocs.yml): --strict fails on a broken link or a page missing from the nav.
+DOCS_OUT ?= $(BUILD)/site
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir $(abspath $(DOCS_OUT))
 
 export: setup
 	$(BIN)/python -m genguard.export $(EXPORT_ARGS)
