@@ -17,6 +17,8 @@ TARGET ?= cpu
 # PRECISION="best" or "freepik_nsfw=openvino-bf16-mixed sumsub_sd=ort-int8-qdq" (records: make cpu-options)
 INT8 ?=
 PRECISION ?=
+# PRECISION=best measures the options first where their records are missing or stale; MEASURE=no serves ort-fp32 there
+MEASURE ?= auto
 ORT_OPT ?= all
 ORT_THREADS ?= 0
 # fusion configuration (JSON of FusionConfig fields, e.g. from `genguard calibrate`) for serve/repository
@@ -75,9 +77,10 @@ weights-unpack: setup
 quantize: setup
 	$(BIN)/python -m genguard.export.quantize --build $(BUILD)
 
-# CPU engine/precision options (ORT INT8/QDQ, OpenVINO FP32/BF16/INT8): build, measure vs FP32 and the reference, record
+# CPU engine/precision options (ORT INT8/QDQ, OpenVINO FP32/BF16/INT8): export what the build lacks (as make serve
+# does, from WEIGHTS/CHECKPOINTS/REVISIONS/LABELS/DETECTORS), then build, measure vs FP32 and the reference, record
 cpu-options: setup
-	$(BIN)/python -m genguard.export.cpu_options --build $(BUILD) $(if $(DETECTORS),--detectors $(DETECTORS))
+	$(BIN)/python -m genguard.export.cpu_options $(EXPORT_ARGS)
 
 # Grad-CAM for the CNN detectors: build/onnx/<det>/explain.onnx + explain.json, parity vs pytorch-grad-cam
 explain: setup
@@ -95,7 +98,7 @@ serve: setup
 	$(BIN)/python -m genguard.export.serve --weights $(WEIGHTS) --build $(BUILD) $(foreach c,$(CHECKPOINTS),--checkpoint $(c)) \
 		$(foreach r,$(REVISIONS),--revision $(r)) $(foreach l,$(LABELS),--labels $(l)) $(if $(DETECTORS),--detectors $(DETECTORS)) \
 		--ort-optimization $(ORT_OPT) --ort-threads $(ORT_THREADS) $(if $(INT8),--int8) $(foreach p,$(PRECISION),--precision $(p)) \
-		$(if $(FUSION),--fusion $(FUSION)) $(if $(EXPLAIN),--explain) \
+		--measure $(MEASURE) $(if $(FUSION),--fusion $(FUSION)) $(if $(EXPLAIN),--explain) \
 		$(if $(TRUST_ANCHORS),--trust-anchors $(TRUST_ANCHORS)) $(if $(PROVENANCE),--provenance $(PROVENANCE))
 
 stop:

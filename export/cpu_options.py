@@ -1,19 +1,29 @@
 """CPU engine/precision options per detector: build their files, measure their accuracy and speed, record them.
 
   python -m genguard.export.cpu_options --build build [--detectors a,b] [--options openvino-bf16,ort-int8-qdq]
+  python -m genguard.export.cpu_options --weights random --build build   (= make cpu-options WEIGHTS=random)
+
+With --weights (what `make cpu-options` passes, with CHECKPOINTS/REVISIONS/LABELS/DETECTORS), it first exports
+what the build lacks or holds differently from what was asked, exactly as `make serve` does
+(genguard.export.serve.export_missing). Without it, it measures the detectors the build holds.
 
 For each detector and option (genguard.engines.OPTIONS, every one but ort-fp32 by default), on the sample
 images (genguard.export.samples: 23 photos and edge cases):
-  - builds the option's file if it needs one: model.qdq.onnx, static INT8 (QDQ, per-channel weights,
-    calibrated on the sample photos) for the CNNs, whose compute is convolution; model.int8.onnx comes
-    from genguard.export.quantize (make quantize);
+  - builds the option's file if it needs one and the build holds none made from this model.onnx:
+    model.qdq.onnx, static INT8 (QDQ, per-channel weights, calibrated on the sample photos) for the CNNs,
+    whose compute is convolution; model.int8.onnx by genguard.export.quantize (the same as make quantize);
   - runs it and compares its probabilities with ONNX Runtime FP32 (the served default) and with the seed's
     reference pipeline (the card's preprocessing + PyTorch, on the checkpoint the export names): max |Δprob|,
     top-1 agreement, worst image;
   - times it against FP32 (batch 1, interleaved), the figure `--precision best` ranks by;
-  - records all of it in parity.json["cpu_options"][option] with the file's sha256, atomically.
+  - records all of it in parity.json["cpu_options"][option] with the sha256 of the file and of model.onnx,
+    and the CPU it ran on, atomically.
 An option outside the budget (max |Δprob| ≤ 1e-2 and top-1 agreement ≥ 99 %, both against FP32 and
 against the reference) is recorded as such, and the renderer refuses it.
+
+`best` (choose_best) uses only records made for this model.onnx, this option file and this CPU model: a new
+checkpoint, revision or label order changes model.onnx, so its old records are stale, and `best` says so
+(make serve PRECISION=best measures again first). It exits non-zero when it measured nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +35,9 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -63,15 +75,19 @@ class _Calibration:
         pass
 
 
-def build_qdq(fp32: Path, dst: Path, calibration: np.ndarray, *, per_channel: bool = True) -> dict:
+def build_qdq(fp32: Path, dst: Path, calibration: np.ndarray, *, per_channel: bool = True,
+              fp32_sha256: str | None = None) -> dict:
     """fp32 -> dst: ONNX Runtime static quantisation in QDQ format (weights INT8 per channel, activations
-    UINT8 with MinMax ranges from `calibration`), keeping the genguard.* metadata the detector model checks."""
+    UINT8 with MinMax ranges from `calibration`), keeping the genguard.* metadata the detector model checks.
+    The settings (written into dst's genguard.quantization metadata) name the sha256 of the FP32 file it was
+    made from: a build re-exported with other weights gets a new QDQ file, whatever the files' times say."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     settings = {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": per_channel,
                 "weight_type": "QInt8", "activation_type": "QUInt8", "calibrate_method": "MinMax",
-                "calibration_images": int(len(calibration)), "op_types": ["Conv", "MatMul", "Gemm"]}
+                "calibration_images": int(len(calibration)), "op_types": ["Conv", "MatMul", "Gemm"],
+                "fp32_sha256": fp32_sha256 or sha256_file(fp32)}
     model = onnx.load(os.fspath(fp32))
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         src, out = Path(tmp) / "in.onnx", Path(tmp) / "q.onnx"
@@ -135,17 +151,55 @@ def within_budget(record: dict, budget: dict = BUDGET) -> bool:
                and record[side]["top1_agreement"] >= budget["top1_agreement"] for side in ("vs_fp32", "vs_reference"))
 
 
+_SHA256: dict[tuple, str] = {}
+
+
+def _sha256(path: Path) -> str:
+    """sha256_file, remembered for this process while the file's size, time and inode stay the same (EVA02's
+    model.onnx is ~1 GB: `best` and the renderer would otherwise hash it once per option)."""
+    st = Path(path).stat()
+    key = (os.fspath(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _SHA256:
+        _SHA256[key] = sha256_file(path)
+    return _SHA256[key]
+
+
+Progress = Callable[[str], None]
+
+
+def _made_from(path: Path) -> str | None:
+    """The sha256 of the FP32 file a QDQ file was made from (its genguard.quantization metadata), or None."""
+    try:
+        settings = json.loads(onnx_runtime.metadata(path).get("genguard.quantization", "{}"))
+    except Exception:  # noqa: BLE001 - an unreadable or foreign file is simply not current
+        return None
+    return settings.get("fp32_sha256")
+
+
+def _int8_vouched(folder: Path, fp32_sha256: str) -> bool:
+    """Whether make quantize's passing record vouches for model.int8.onnx as made from this model.onnx."""
+    path = folder / engines.INT8_FILE
+    parity = json.loads((folder / "parity.json").read_text())
+    check = parity.get("int8") or {}
+    return (path.is_file() and bool(check.get("passed")) and check.get("fp32_sha256") == fp32_sha256
+            and check.get("onnx_sha256") == _sha256(path))
+
+
 def measure_detector(build: Path, name: str, options: list[str], *, images: dict[str, bytes] | None = None,
-                     speed_rounds: int = 2, reference: bool = True) -> dict[str, dict]:
-    """Build, measure and record `options` for one detector; returns {option: record}."""
+                     speed_rounds: int = 2, reference: bool = True, progress: Progress | None = None
+                     ) -> dict[str, dict]:
+    """Build, measure and record `options` for one detector; returns {option: record}. `progress` gets one
+    line as each option starts and one as it ends (the whole takes minutes on a full-size model)."""
     from genguard.export import samples
     from genguard.export.onnx_export import write_atomic
     from genguard.preprocess import preprocess_bytes
 
+    say = progress or (lambda line: None)
     folder = Path(build) / "onnx" / name
     fp32, parity_path = folder / engines.FP32_FILE, folder / "parity.json"
     if not fp32.is_file() or not parity_path.is_file():
         raise FileNotFoundError(f"{name}: no export in {folder} (run make export first)")
+    fp32_sha = _sha256(fp32)
     meta = onnx_runtime.decode_metadata(onnx_runtime.metadata(fp32))
     spec = specs.get(name)
     for head, labels in meta.get("heads", {}).items():
@@ -154,45 +208,66 @@ def measure_detector(build: Path, name: str, options: list[str], *, images: dict
     names = list(images)
     pixels = np.stack([preprocess_bytes(images[n], {"x": spec.input})[1]["x"] for n in names])
     caps = cpus.capabilities()
+    cpu = {"cpu_model": cpus.cpu_model(), "cpu_flags": sorted(cpus.cpu_flags() & set(cpus.DECIDING_FLAGS))}
+    say(f"FP32 and the reference pipeline on {len(names)} images ...")
     base_engine = engines.open_engine("ort-fp32", fp32)
     base = _probs(spec, base_engine, pixels)
     ref = _reference_probs(spec, meta.get("checkpoint"), images) if reference else None
 
+    todo = [engines.get(o) for o in options if engines.get(o).name != engines.DEFAULT]
     records = {}
-    for option_name in options:
-        option = engines.get(option_name)
-        if option.name == engines.DEFAULT:
-            continue
+    for k, option in enumerate(todo, 1):
         started = time.perf_counter()
+        step = f"[{k}/{len(todo)}] {option.name}"
         path = folder / option.file
         record = {"engine": option.engine, "precision": option.precision, "file": option.file,
-                  "fp32_sha256": sha256_file(fp32), "cpu": caps}
+                  "fp32_sha256": fp32_sha, "cpu": caps, **cpu}
+        records[option.name] = record
         missing = engines.missing_instructions(option, caps)
         if missing:
             record["skipped"] = f"this CPU lacks {', '.join(missing)} instructions"
-            records[option.name] = record
+            say(f"{step}: skipped: {record['skipped']}")
             continue
-        if option.file == engines.QDQ_FILE and not _fresh(path, fp32):
+        if option.file == engines.QDQ_FILE and not (path.is_file() and _made_from(path) == fp32_sha):
             import onnx
 
             if not is_convolutional(onnx.load(os.fspath(fp32), load_external_data=False)):
                 record["skipped"] = "not a CNN: static QDQ is built for convolution-heavy detectors only"
-                records[option.name] = record
+                say(f"{step}: skipped: {record['skipped']}")
                 continue
+            say(f"{step}: building {option.file} (static INT8, calibrated on the sample photos) ...")
             photos = [n for n in names if n in samples.photos()]
-            record["quantization"] = build_qdq(fp32, path, pixels[[names.index(n) for n in photos]])
+            record["quantization"] = build_qdq(fp32, path, pixels[[names.index(n) for n in photos]],
+                                               fp32_sha256=fp32_sha)
+        if option.file == engines.INT8_FILE:
+            if not _int8_vouched(folder, fp32_sha):
+                from genguard.export.quantize import quantize_detector
+
+                say(f"{step}: building {option.file} (dynamic INT8 within its budget, as make quantize) ...")
+                quantize_detector(build, name, images=images)
+            check = json.loads(parity_path.read_text()).get("int8") or {}
+            if not _int8_vouched(folder, fp32_sha):
+                failed = json.loads(parity_path.read_text()).get("int8_failed", {}).get("vs_fp32", {})
+                record["skipped"] = ("dynamic INT8 misses its tolerance vs FP32 (max |Δprob| "
+                                     f"{failed.get('max_abs_prob', float('nan')):.1e}; parity.json[\"int8_failed\"])")
+            elif not check.get("quantized_nodes"):
+                record["skipped"] = "no MatMul/Gemm carries the compute (a CNN): model.int8.onnx computes what FP32 does"
+            if "skipped" in record:
+                say(f"{step}: skipped: {record['skipped']}")
+                continue
         if not path.is_file():
-            record["skipped"] = f"{option.file} is missing (make quantize writes model.int8.onnx)"
-            records[option.name] = record
+            record["skipped"] = f"{option.file} is missing"
+            say(f"{step}: skipped: {record['skipped']}")
             continue
         try:
             engine = engines.open_engine(option, path, caps=caps)
         except engines.OptionError as exc:  # e.g. bf16-mixed on a model whose marked layers all fuse into bf16 ones
             record["skipped"] = str(exc).removeprefix(f"{option.name}: ")
-            records[option.name] = record
+            say(f"{step}: skipped: {record['skipped']}")
             continue
+        say(f"{step}: running {len(names)} images, then timing it against FP32 ({speed_rounds} rounds, batch 1) ...")
         probs = _probs(spec, engine, pixels)
-        record.update({"sha256": sha256_file(path), "vs_fp32": _compare(spec, base, probs, names)})
+        record.update({"sha256": _sha256(path), "vs_fp32": _compare(spec, base, probs, names)})
         if ref is not None:
             record["vs_reference"] = _compare(spec, ref, probs, names)
             record["fp32_vs_reference"] = _compare(spec, ref, base, names)
@@ -207,15 +282,13 @@ def measure_detector(build: Path, name: str, options: list[str], *, images: dict
             "openvino": engines.openvino_version() if option.engine == "openvino" else None,
             "seconds": round(time.perf_counter() - started, 1),
         })
-        records[option.name] = record
+        worst = max(record["vs_fp32"]["max_abs_prob"], record.get("vs_reference", {}).get("max_abs_prob", 0.0))
+        say(f"{step}: {record['speed']['vs_fp32']:.2f}× FP32, max |Δprob| {worst:.1e}, "
+            f"{'within budget' if record['within_budget'] else 'OUTSIDE the budget'} ({record['seconds']:.0f} s)")
     parity = json.loads(parity_path.read_text())
     parity.setdefault(RECORD_KEY, {}).update(records)
     write_atomic(parity_path, json.dumps(parity, indent=2) + "\n")
     return records
-
-
-def _fresh(path: Path, fp32: Path) -> bool:
-    return path.is_file() and path.stat().st_mtime >= fp32.stat().st_mtime
 
 
 def _reference_probs(spec, checkpoint: str | None, images: dict[str, bytes]) -> list[np.ndarray]:
@@ -230,6 +303,34 @@ def _reference_probs(spec, checkpoint: str | None, images: dict[str, bytes]) -> 
     opened = [open_rgb(b) for b in images.values()]
     runs = [pipeline.probs(opened[i:i + 4]) for i in range(0, len(opened), 4)]
     return [np.concatenate([r[k] for r in runs]) for k in range(len(spec.heads))]
+
+
+def default_options() -> list[str]:
+    return [o for o in engines.OPTIONS if o != engines.DEFAULT]
+
+
+def estimate_seconds(build: Path, name: str, options: list[str] | None = None, *, images: int = 23,
+                     speed_rounds: int = 2) -> float:
+    """About how long measure_detector takes here: one FP32 inference timed now (batch 1), times the
+    inferences it runs (FP32 and the reference on every image; per option its images, then `speed_rounds` timed
+    rounds of it and FP32), plus compiling. Rough (±50 %): OpenVINO and INT8 run faster or slower than FP32."""
+    folder = Path(build) / "onnx" / name
+    spec = specs.get(name)
+    engine = engines.open_engine("ort-fp32", folder / engines.FP32_FILE, spinning=False)
+    x = np.zeros((1, *spec.input.shape), dtype=np.float32)
+    engine.run(None, {"pixels": x})
+    t0 = time.perf_counter()
+    for _ in range(2):
+        engine.run(None, {"pixels": x})
+    one = (time.perf_counter() - t0) / 2
+    runnable = [o for o in (options or default_options())
+                if o != engines.DEFAULT and not engines.missing_instructions(engines.get(o))]
+    per_option = images * (1 + 2 * speed_rounds) + 10
+    return one * (3 * images + len(runnable) * per_option) + 3.0 * len(runnable)
+
+
+def duration(seconds: float) -> str:
+    return f"about {seconds:.0f} s" if seconds < 90 else f"about {seconds / 60:.0f} min"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -248,7 +349,7 @@ def check_option(folder: Path, option_name: str, caps: dict[str, bool] | None = 
     fp32 = folder / engines.FP32_FILE
     if option.name == engines.DEFAULT:
         return fp32, ""
-    parity = json.loads((folder / "parity.json").read_text()) if (folder / "parity.json").is_file() else {}
+    parity = _parity(folder)
     record = parity.get(RECORD_KEY, {}).get(option.name)
     hint = f"python -m genguard.export.cpu_options --build BUILD --detectors {name} --options {option.name}"
     if not record or "vs_fp32" not in record:
@@ -258,8 +359,8 @@ def check_option(folder: Path, option_name: str, caps: dict[str, bool] | None = 
     path = folder / option.file
     if not path.is_file():
         raise OptionRefused(f"{name}: {option.name}: {path} is missing; {hint}")
-    actual = sha256_file(path)
-    if actual != record.get("sha256") or (fp32.is_file() and sha256_file(fp32) != record.get("fp32_sha256")):
+    actual = _sha256(path)
+    if actual != record.get("sha256") or (fp32.is_file() and _sha256(fp32) != record.get("fp32_sha256")):
         raise OptionRefused(f"{name}: {option.name}: the record is stale ({option.file} or model.onnx changed since "
                             f"it was measured: sha256 differs); measure again: {hint}")
     if not record.get("within_budget"):
@@ -271,20 +372,131 @@ def check_option(folder: Path, option_name: str, caps: dict[str, bool] | None = 
     return path, actual
 
 
-def best_option(folder: Path, caps: dict[str, bool] | None = None) -> str:
-    """The fastest recorded option within budget that this CPU runs (measured vs FP32); ort-fp32 if none beats it."""
-    parity = json.loads((folder / "parity.json").read_text()) if (folder / "parity.json").is_file() else {}
-    ranked = sorted(((r.get("speed", {}).get("vs_fp32", 0.0), n) for n, r in parity.get(RECORD_KEY, {}).items()
-                     if n in engines.OPTIONS), reverse=True)
-    for speedup, name in ranked:
+def _parity(folder: Path) -> dict:
+    path = Path(folder) / "parity.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+MEASURE_HINT = "run `make cpu-options`"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What `best` serves for one detector, and why, in words. `remeasure` (non-empty) says why its records
+    must be measured (again) first: none yet, or stale ones (another model.onnx, option file or CPU)."""
+
+    detector: str
+    option: str
+    why: str
+    remeasure: str = ""
+
+    def line(self) -> str:
+        return f"{self.detector}: {self.option} — {self.why}"
+
+
+def record_staleness(folder: Path, record: dict, fp32_sha256: str | None, cpu_model: str) -> str | None:
+    """Why `record` no longer describes what would be served here (None: it does): it was measured for another
+    model.onnx (a new checkpoint, revision or label order), another option file, or on another CPU."""
+    if not fp32_sha256 or record.get("fp32_sha256") != fp32_sha256:
+        return "measured for another model.onnx (sha256 differs)"
+    if "sha256" in record:
+        path = Path(folder) / record.get("file", "")
+        if not path.is_file():
+            return f"{record.get('file')} is missing"
+        if _sha256(path) != record["sha256"]:
+            return f"{record.get('file')} changed since it was measured (sha256 differs)"
+    if record.get("cpu_model") != cpu_model:
+        return f"measured on another CPU ({record.get('cpu_model') or 'not named in the record'})"
+    return None
+
+
+def choose_best(folder: Path, caps: dict[str, bool] | None = None) -> Choice:
+    """`--precision best` for build/onnx/<name>/: the fastest option within budget that this CPU runs, measured
+    vs FP32 on this CPU for this very model.onnx; ort-fp32 when none beats FP32, with the reason either way."""
+    folder = Path(folder)
+    name = folder.name
+    records = {n: r for n, r in _parity(folder).get(RECORD_KEY, {}).items() if n in engines.OPTIONS}
+    if not records:
+        return Choice(name, engines.DEFAULT, f"no cpu-options record for this build; {MEASURE_HINT}",
+                      remeasure="no cpu-options record")
+    fp32 = folder / engines.FP32_FILE
+    fp32_sha = _sha256(fp32) if fp32.is_file() else None
+    here = cpus.cpu_model()
+    stale = {n: why for n, r in records.items() if (why := record_staleness(folder, r, fp32_sha, here))}
+    causes = sorted(set(stale.values()))
+    stale_text = "; ".join(f"{', '.join(n for n in stale if stale[n] == c)}: {c}" for c in causes)
+    remeasure = f"stale records ({stale_text})" if stale else ""
+    ranked = sorted(((r["speed"]["vs_fp32"], n) for n, r in records.items()
+                     if n not in stale and "speed" in r), reverse=True)
+    misses, unrunnable = [], []
+    for speedup, option in ranked:
         if speedup <= 1.0:
             break
+        r = records[option]
         try:
-            check_option(folder, name, caps)
-        except OptionRefused:
+            check_option(folder, option, caps)
+        except OptionRefused as exc:
+            if "outside its accuracy budget" in str(exc):
+                worst = max(r["vs_fp32"]["max_abs_prob"], r.get("vs_reference", {}).get("max_abs_prob", 0.0))
+                misses.append(f"{option} {speedup:.2f}× (max |Δprob| {worst:.1e})")
+            else:
+                unrunnable.append(f"{option} {speedup:.2f}× ({str(exc).split(': ', 2)[-1]})")
             continue
-        return name
-    return engines.DEFAULT
+        worst = max(r["vs_fp32"]["max_abs_prob"], r["vs_reference"]["max_abs_prob"])
+        why = (f"the fastest option within budget on this CPU: measured {speedup:.2f}× FP32 (batch 1, "
+               f"{r['speed']['fp32_images_per_s']:.3g} → {r['speed']['images_per_s']:.3g} images/s), "
+               f"max |Δprob| {worst:.1e}")
+        if misses:
+            why += f"; faster but outside the budget: {', '.join(misses)}"
+        if stale:
+            why += f"; not considered, stale: {stale_text}"
+        return Choice(name, option, why, remeasure)
+    if stale and not ranked:
+        return Choice(name, engines.DEFAULT, f"stale cpu-options record ({stale_text}); {MEASURE_HINT}", remeasure)
+    parts = []
+    if misses:
+        parts.append(f"every faster option misses the budget: {', '.join(misses)}")
+    if unrunnable:
+        parts.append(f"refused here: {', '.join(unrunnable)}")
+    slower = [f"{n} {s:.2f}×" for s, n in ranked if s <= 1.0]
+    if slower:
+        parts.append(f"{'the other options are' if parts else 'no option is faster than FP32 on this CPU:'} "
+                     f"{', '.join(slower)}{' FP32' if parts else ''}")
+    skipped = [n for n, r in records.items() if n not in stale and "speed" not in r]
+    if not parts:
+        parts.append("no option could be measured here (" + ", ".join(
+            f"{n}: {records[n].get('skipped', 'not measured')}" for n in skipped) + ")")
+    if stale:
+        parts.append(f"stale, not considered: {stale_text}; {MEASURE_HINT}")
+    return Choice(name, engines.DEFAULT, "; ".join(parts), remeasure)
+
+
+def best_option(folder: Path, caps: dict[str, bool] | None = None) -> str:
+    """The fastest recorded option within budget that this CPU runs (measured vs FP32); ort-fp32 if none beats it
+    (choose_best says why)."""
+    return choose_best(folder, caps).option
+
+
+def best_choices(build: Path, names: list[str], *, measure: bool, log=None, who: str = "PRECISION=best"
+                 ) -> dict[str, Choice]:
+    """choose_best for each of `names`; with `measure`, first measures the options of those whose records are
+    missing or stale (saying so, with a time estimate), so that `best` chooses from records of this model.onnx
+    on this CPU. Later calls find the records current and measure nothing."""
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    choices = {n: choose_best(Path(build) / "onnx" / n) for n in names}
+    todo = [n for n, c in choices.items() if c.remeasure]
+    if todo and measure:
+        estimates = {n: estimate_seconds(build, n) for n in todo}
+        log(f"{who}: measuring the CPU options of {', '.join(f'{n} ({choices[n].remeasure})' for n in todo)} "
+            f"first, on {cpus.describe()} — {duration(sum(estimates.values()))} in all (estimated); the records are "
+            "reused until the model, an option file or the CPU changes")
+        for n in todo:
+            started = time.perf_counter()
+            log(f"==> {n}: {duration(estimates[n])}")
+            measure_detector(build, n, default_options(), progress=lambda line, n=n: log(f"  {n} {line}"))
+            log(f"  {n}: measured in {duration(time.perf_counter() - started).removeprefix('about ')}")
+            choices[n] = choose_best(Path(build) / "onnx" / n)
+    return choices
 
 
 def parse_precision(values: list[str] | None, detectors: list[str]) -> dict[str, str]:
@@ -306,12 +518,14 @@ def parse_precision(values: list[str] | None, detectors: list[str]) -> dict[str,
 
 
 def report(build: Path, names: list[str]) -> str:
-    """The recorded options of `names` as a Markdown table (no measuring): what the renderer will accept."""
+    """The recorded options of `names` as a Markdown table (no measuring): what the renderer will accept, and
+    below it what `best` serves on this CPU and why."""
     lines = ["| detector | option | max abs Δprob vs FP32 | max abs Δprob vs reference | top-1 (worse side) | worst image "
              "| speed vs FP32 (batch 1) | within budget | servable here |", "|---|---|---:|---:|---:|---|---:|---|---|"]
+    choices = []
     for name in names:
         folder = Path(build) / "onnx" / name
-        parity = json.loads((folder / "parity.json").read_text()) if (folder / "parity.json").is_file() else {}
+        parity = _parity(folder)
         for option, r in parity.get(RECORD_KEY, {}).items():
             if "vs_fp32" not in r:
                 lines.append(f"| {name} | {option} | — | — | — | — | — | — | {r.get('skipped', 'not measured')} |")
@@ -326,7 +540,10 @@ def report(build: Path, names: list[str]) -> str:
             lines.append(f"| {name} | {option} | {f['max_abs_prob']:.1e} | {ref['max_abs_prob']:.1e} | "
                          f"{min(f['top1_agreement'], ref['top1_agreement']):.1%} | {ref['worst_image']} | "
                          f"{r['speed']['vs_fp32']:.2f}× | {'yes' if r['within_budget'] else 'NO'} | {servable} |")
-        lines.append(f"| {name} | best | | | | | | | {best_option(folder)} |")
+        choice = choose_best(folder)
+        choices.append(choice)
+        lines.append(f"| {name} | best | | | | | | | {choice.option} |")
+    lines += ["", f"`best` on {cpus.describe()}:", ""] + [f"- {c.line()}" for c in choices]
     return "\n".join(lines) + "\n"
 
 
@@ -336,16 +553,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genguard.export.cpu_options", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build", type=Path, default=Path("build"))
-    parser.add_argument("--detectors", default="", help="comma-separated subset (default: every exported one)")
-    parser.add_argument("--options", default=",".join(o for o in engines.OPTIONS if o != engines.DEFAULT),
+    parser.add_argument("--detectors", default="", help="comma-separated subset (default: every exported one; "
+                                                        "with --weights: every one that applies)")
+    parser.add_argument("--weights", choices=("real", "random"), default=None,
+                        help="first export what the build lacks or holds differently (as make serve does)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH_OR_HUB_ID")
+    parser.add_argument("--revision", action="append", default=[], metavar="NAME=REV")
+    parser.add_argument("--labels", action="append", default=[], metavar="NAME=HEAD:L0,L1,...")
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: export reduced depth
+    parser.add_argument("--options", default=",".join(default_options()),
                         help="comma-separated options (default: all but ort-fp32)")
     parser.add_argument("--speed-rounds", type=int, default=2)
     parser.add_argument("--report", type=Path, default=None,
                         help="write the recorded options as a Markdown table to this file, measuring nothing")
     args = parser.parse_args(argv)
-    names = [n for n in args.detectors.split(",") if n] or [
-        n for n in specs.DETECTORS if (args.build / "onnx" / n / "model.onnx").is_file()]
+    exported = [n for n in specs.DETECTORS if (args.build / "onnx" / n / "model.onnx").is_file()]
     if args.report:
+        names = [n for n in args.detectors.split(",") if n] or exported
         text = (f"# CPU engine/precision options recorded in {args.build}\n\nBudget: max |Δprob| ≤ {BUDGET['max_abs_prob']:g} "
                 f"and top-1 ≥ {BUDGET['top1_agreement']:.0%}, vs ONNX Runtime FP32 and vs the seed's reference pipeline, "
                 "on the 23 sample images. `best` is what `PRECISION=best` serves on this CPU.\n\n" + report(args.build, names))
@@ -353,19 +577,61 @@ def main(argv=None) -> int:
         print(text)
         return 0
     options = [o for o in args.options.split(",") if o]
-    for o in options:
-        engines.get(o)
-    print(f"{'detector':<18} {'option':<14} {'|Δp| fp32':>9} {'|Δp| ref':>9} {'top1':>6} {'x fp32':>6}  ok")
-    for name in names:
-        print(f"==> {name}", file=sys.stderr, flush=True)
-        for option, r in measure_detector(args.build, name, options, speed_rounds=args.speed_rounds).items():
+    try:
+        for o in options:
+            engines.get(o)
+    except engines.OptionError as exc:
+        print(f"cpu-options: {exc}", file=sys.stderr)
+        return 2
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    if args.weights:  # make cpu-options: what make serve would serve, exported first where the build lacks it
+        from genguard.export.serve import export_missing
+
+        names, status = export_missing(args, who="make cpu-options")
+        if status:
+            return status
+    else:
+        names = [n for n in args.detectors.split(",") if n] or exported
+    absent = [n for n in names if not (args.build / "onnx" / n / "parity.json").is_file()]
+    if not names or absent:
+        print(f"cpu-options: nothing to measure: no export of {', '.join(absent) or 'any detector'} under "
+              f"{args.build / 'onnx'}; `make cpu-options WEIGHTS=real|random` exports first", file=sys.stderr)
+        return 1
+    if options == [engines.DEFAULT]:
+        print("cpu-options: ort-fp32 is the reference every option is measured against: nothing to measure",
+              file=sys.stderr)
+        return 2
+    log(f"cpu-options: measuring {', '.join(o for o in options if o != engines.DEFAULT)} for {', '.join(names)} "
+        f"on {cpus.describe()}")
+    estimates = {n: estimate_seconds(args.build, n, options, speed_rounds=args.speed_rounds) for n in names}
+    log(f"cpu-options: {duration(sum(estimates.values()))} in all (estimated)")
+    rows, measured, started = [], 0, time.perf_counter()
+    for i, name in enumerate(names, 1):
+        t0 = time.perf_counter()
+        log(f"==> [{i}/{len(names)}] {name}: {duration(estimates[name])}")
+        records = measure_detector(args.build, name, options, speed_rounds=args.speed_rounds,
+                                   progress=lambda line, name=name: log(f"  {name} {line}"))
+        log(f"  {name}: done in {time.perf_counter() - t0:.0f} s")
+        for option, r in records.items():
             if "skipped" in r:
-                print(f"{name:<18} {option:<14} skipped: {r['skipped']}")
+                rows.append(f"{name:<18} {option:<20} skipped: {r['skipped']}")
                 continue
-            print(f"{name:<18} {option:<14} {r['vs_fp32']['max_abs_prob']:>9.2e} {r['vs_reference']['max_abs_prob']:>9.2e} "
-                  f"{min(r['vs_fp32']['top1_agreement'], r['vs_reference']['top1_agreement']):>6.1%} "
-                  f"{r['speed']['vs_fp32']:>6.2f}  {'yes' if r['within_budget'] else 'NO'}", flush=True)
-    print(f"recorded in {args.build}/onnx/<detector>/parity.json[\"{RECORD_KEY}\"]")
+            measured += 1
+            rows.append(f"{name:<18} {option:<20} {r['vs_fp32']['max_abs_prob']:>9.2e} "
+                        f"{r['vs_reference']['max_abs_prob']:>9.2e} "
+                        f"{min(r['vs_fp32']['top1_agreement'], r['vs_reference']['top1_agreement']):>6.1%} "
+                        f"{r['speed']['vs_fp32']:>6.2f}  {'yes' if r['within_budget'] else 'NO'}")
+    print(f"{'detector':<18} {'option':<20} {'|Δp| fp32':>9} {'|Δp| ref':>9} {'top1':>6} {'x fp32':>6}  ok")
+    print("\n".join(rows))
+    if not measured:
+        print(f"cpu-options: measured nothing: every option was skipped on this CPU ({cpus.describe()}); "
+              "see the reasons above", file=sys.stderr)
+        return 1
+    print(f"recorded in {args.build}/onnx/<detector>/parity.json[\"{RECORD_KEY}\"] "
+          f"({measured} options measured in {time.perf_counter() - started:.0f} s)")
+    print(f"PRECISION=best on {cpus.describe()}:")
+    for name in names:
+        print(f"  {choose_best(args.build / 'onnx' / name).line()}")
     return 0
 
 

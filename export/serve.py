@@ -1,6 +1,12 @@
 """`make serve`: export what the build lacks or holds differently from what was asked, render the cpu
 repository, start tritonserver (genguard.server) and the REST gateway next to it, and wait until ready.
 
+With `--precision best` (make serve PRECISION=best) it first measures the CPU options of the detectors whose
+records are missing or stale (genguard.export.cpu_options.best_choices; --measure no: it does not, and those
+detectors serve ort-fp32), then prints, per detector, the option `best` chose and why.
+
+export_missing() is the one place that decides what to export before serving; `make cpu-options` uses it too.
+
 It lives in the export package because it exports and renders; genguard.server, the runtime launcher,
 knows nothing of either. `make stop` is genguard.server's `stop`.
 """
@@ -12,9 +18,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from genguard import engines, specs
+from genguard import cpus, engines, specs
 from genguard.export.__main__ import UsageError, only_detectors, stale_exports
-from genguard.export.cpu_options import parse_precision
+from genguard.export.cpu_options import best_choices, parse_precision
 from genguard.export.__main__ import main as export_main
 from genguard.export.repository import CpuOptions, RepositoryError, render
 from genguard.fusion import FusionConfig
@@ -31,7 +37,29 @@ def export_arguments(args) -> list[str]:
     for flag, values in (("--checkpoint", args.checkpoint), ("--labels", args.labels), ("--revision", args.revision)):
         for value in values:
             argv += [flag, value]
+    if getattr(args, "tiny", False):  # tests: reduced-depth random weights
+        argv.append("--tiny")
     return argv
+
+
+def export_missing(args, who: str = "make serve") -> tuple[list[str], int]:
+    """Export what the build lacks or holds differently from what `args` asks for (weights kind, checkpoints,
+    revisions, label order, detectors), saying so. Returns (the detectors asked for, exit status: 0, or 1/2
+    with the reason printed)."""
+    argv = export_arguments(args)
+    try:
+        wanted, stale = stale_exports(argv)
+    except UsageError as exc:
+        print(f"{who}: {exc}", file=sys.stderr)
+        return [], 2
+    if stale:  # re-export what the build lacks or holds differently from what was asked
+        print(f"{who}: exporting {', '.join(stale)} (WEIGHTS={args.weights}): the build lacks them or holds other "
+              "weights or labels ...", file=sys.stderr, flush=True)
+        if export_main(only_detectors(argv, stale)) != 0:
+            return [], 1
+    else:
+        print(f"{who}: the build holds current exports of {', '.join(wanted)}", file=sys.stderr, flush=True)
+    return wanted, 0
 
 
 def serve(args) -> int:
@@ -42,22 +70,22 @@ def serve(args) -> int:
         print(f"a server is already running (pid file {pidfile} or port {ports.http} answers): make stop first",
               file=sys.stderr)
         return 1
-    argv = export_arguments(args)
-    try:
-        wanted, stale = stale_exports(argv)
-    except UsageError as exc:
-        print(f"make serve: {exc}", file=sys.stderr)
-        return 2
-    if stale:  # re-export what the build lacks or holds differently from what was asked
-        print(f"exporting {', '.join(stale)} (WEIGHTS={args.weights}) ...", file=sys.stderr, flush=True)
-        if export_main(only_detectors(argv, stale)) != 0:
-            return 1
+    wanted, status = export_missing(args)
+    if status:
+        return status
     try:
         try:
             precision = parse_precision(args.precision, list(wanted or specs.DETECTORS))
         except engines.OptionError as exc:
             print(f"make serve PRECISION: {exc}", file=sys.stderr)
             return 2
+        best = [name for name, option in precision.items() if option == "best"]
+        if best:  # measured first where the records are missing or stale; then one line per detector
+            choices = best_choices(build, best, measure=args.measure == "auto")
+            print(f"PRECISION=best on {cpus.describe()}:")
+            for choice in choices.values():
+                print(f"  {choice.line()}")
+            print("", flush=True)
         cpu = CpuOptions(optimization=args.ort_optimization, intra_op_threads=args.ort_threads, int8=args.int8,
                          precision=tuple(precision.items()), arena=args.arena)
         fusion = None
@@ -127,6 +155,9 @@ def main(argv=None) -> int:
     serve_p.add_argument("--precision", action="append", default=[], metavar="[NAME=]OPTION",
                          help=f"CPU engine/precision per detector: {', '.join(engines.OPTIONS)}, or best "
                               "(repeatable; a plain value: every detector)")
+    serve_p.add_argument("--measure", choices=("auto", "no"), default="auto",
+                         help="with --precision best: measure the CPU options first where their records are missing "
+                              "or stale (auto), or serve ort-fp32 for those detectors, saying so (no)")
     serve_p.add_argument("--arena", choices=("auto", "on", "off"), default="auto",
                           help="ONNX Runtime's CPU memory arena (auto: off for EVA02-448, where it holds GBs)")
     serve_p.add_argument("--explain", action="store_true",

@@ -105,3 +105,39 @@ def capabilities(flags: frozenset[str] | None = None) -> dict[str, bool]:
     """{"bf16": bool, "vnni": bool} from the CPU's flags."""
     flags = cpu_flags() if flags is None else flags
     return {cap: any(f in flags for f in provided_by) for cap, provided_by in CAPABILITIES.items()}
+
+
+# the flags that decide which CPU option is fast here: AMX tiles (BF16/INT8 matrix multiplies), AVX-512 BF16 dot
+# products, VNNI INT8 dot products. Records and reports name them next to the CPU model.
+DECIDING_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni")
+
+
+def cpu_model(cpuinfo: Path = CPUINFO) -> str:
+    """The first processor's model name with its family/model numbers ("AMD EPYC (family 26, model 2)"): a
+    virtual machine may report a generic name, the numbers still tell the generation apart."""
+    fields: dict[str, str] = {}
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            if fields:
+                break  # the first processor only
+            continue
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or fields.get("Model") or fields.get("CPU part") or "unknown CPU"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
+def describe(flags: frozenset[str] | None = None, cpuinfo: Path = CPUINFO) -> str:
+    """One line: the CPU model and which deciding flags it has, e.g. "AMD EPYC (family 26, model 2):
+    avx512_bf16, avx512_vnni, avx_vnni; no amx_bf16, amx_int8"."""
+    flags = cpu_flags(cpuinfo) if flags is None else flags
+    present = [f for f in DECIDING_FLAGS if f in flags]
+    absent = [f for f in DECIDING_FLAGS if f not in flags]
+    return (f"{cpu_model(cpuinfo)}: {', '.join(present) or 'none of ' + ', '.join(DECIDING_FLAGS)}"
+            + (f"; no {', '.join(absent)}" if present and absent else ""))
