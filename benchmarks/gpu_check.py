@@ -66,7 +66,7 @@ HEADER = ("check", "item", "precision", "measured", "bound", "result")
 
 
 def format_table(rows: list[Row], skipped: list[str], title: str) -> str:
-    """The one table `make gpu-check` prints (README shows its format)."""
+    """The one table `make gpu-check` prints (docs/gpu.md shows its format)."""
     cells = [HEADER] + [(r.check, r.item, r.precision, r.measured, r.bound, r.result) for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
     line = lambda c: "| " + " | ".join(v.ljust(w) for v, w in zip(c, widths)) + " |"  # noqa: E731

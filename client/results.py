@@ -75,7 +75,7 @@ class Result:
     revisions: dict[str, str | None] = field(default_factory=dict)  # detector -> hub commit (None: local/random)
     fusion: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    decided_by: str | None = None  # "c2pa" | "metadata" when provenance decided the verdict (README "Provenance")
+    decided_by: str | None = None  # "c2pa" | "metadata" when provenance decided the verdict (docs/provenance.md)
     provenance: dict[str, Any] | None = None  # signals read from the image's metadata, and their effect
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the server's document, as sent
 

@@ -112,7 +112,7 @@ def ways_out(spec: DetectorSpec) -> str:
         "(2) real weights without network: on a connected machine `make weights` (writes "
         f"{DEFAULT_PACK}), copy that file here, `python -m genguard.export.weights unpack genguard-weights.tar`, "
         f"then `HF_HUB_OFFLINE=1 make serve`; or a local copy of the checkpoint: "
-        f"`make serve CHECKPOINTS='{spec.name}=/path/to/checkpoint_dir'`. See README.md, \"Air-gapped install\"."
+        f"`make serve CHECKPOINTS='{spec.name}=/path/to/checkpoint_dir'`. See docs/detectors.md, \"Air-gapped install\"."
     )
 
 

@@ -1,6 +1,6 @@
 """Postprocessing: per-head probabilities -> one per-image answer (a superset of Hive's NIM item).
 
-The rule (documented in README.md, "How answers are fused"):
+The rule (documented in docs/protocol.md, "How answers are fused"):
 
   p_d        P(AI-generated) from detector d's binary head (softmax of its positive label, or sigmoid)
   w_d        the detector's weight (1 unless configured; 0 = the detector never counts, in every rule)
@@ -18,7 +18,7 @@ The rule (documented in README.md, "How answers are fused"):
   sources    possible_sources (Hive's distribution, sums to 1): [none] = 1 - is_ai, [g] = is_ai * given_ai[g]
   source     from the verdict (genguard/verdicts.py): ai_generated -> argmax_g given_ai[g] (or "unknown"),
              not_ai_generated -> "none", uncertain -> null
-  provenance metadata read from the bytes (genguard.provenance; README "Provenance"): a C2PA manifest that
+  provenance metadata read from the bytes (genguard.provenance; docs/provenance.md): a C2PA manifest that
              validates, from a trusted signer, declaring AI generation decides (is_ai = 1, verdict
              ai_generated, decided_by "c2pa", its generator the source); any other declaration of AI
              generation (untrusted or invalid manifest, XMP, EXIF, generation-tool text) acts by
@@ -64,7 +64,7 @@ class FusionConfig:
     intercept: float = 0.0
     id: str = ""  # named in every answer's `fusion` block (default: derived from the configuration)
     training: dict = field(default_factory=dict)  # how it was fitted: set size, date, target FPR ... (informative)
-    # provenance (README "Provenance"): what an untrusted or metadata-only declaration of AI generation does
+    # provenance (docs/provenance.md): what an untrusted or metadata-only declaration of AI generation does
     provenance: str = "evidence"  # off | evidence | decide
     provenance_strength: float = 0.9  # s in evidence mode: how far a declaration moves is_ai towards 1
     trust_capture: bool = False  # a trusted C2PA camera-capture claim decides not_ai_generated

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     cpu_args.add_argument("--arena", choices=("auto", "on", "off"), default="auto",
                           help="ONNX Runtime's CPU memory arena (auto: off for EVA02-448, where it holds GBs)")
     cpu_args.add_argument("--explain", action="store_true",
-                          help="also render the genguard_explain ensemble (heatmaps; README \"Explanations\")")
+                          help="also render the genguard_explain ensemble (heatmaps; docs/explanations.md)")
     gpu_args = parser.add_argument_group("GPU targets (onnx-gpu, tensorrt)")
     gpu_args.add_argument("--instances", type=int, default=1, help="instances of each detector per GPU")
     gpu_args.add_argument("--gpus", default="", help="comma-separated GPU ids (default: all)")

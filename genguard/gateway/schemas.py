@@ -15,7 +15,7 @@ DATA_URL = "data:image/<type>;base64,<base64 of the image file>"
 
 
 class ErrorInfo(BaseModel):
-    code: str = Field(description="machine-readable: body_too_large, bad_base64, queue_full ... (see README)")
+    code: str = Field(description="machine-readable: body_too_large, bad_base64, queue_full ... (see docs/rest-api.md)")
     message: str = Field(description="one readable sentence saying what to do")
 
 
@@ -65,7 +65,7 @@ class DocumentError(BaseModel):
 
 
 class Document(BaseModel):
-    """GenGuard's per-image answer (README, 'How answers are fused'): the fields below and more
+    """GenGuard's per-image answer (docs/protocol.md, 'How answers are fused'): the fields below and more
     (verdict, source, nsfw, detectors, image, weights, fusion, warnings ...)."""
 
     model_config = ConfigDict(extra="allow")

@@ -1,4 +1,4 @@
-"""Provenance signals read from an image's raw bytes, before decoding (README "Provenance").
+"""Provenance signals read from an image's raw bytes, before decoding (docs/provenance.md).
 
 One implementation for every target: the CPU target's preprocess step and the GPU targets' validate step
 call Extractor.extract() on each image and put its result in IMAGE_INFO["provenance"]; postprocess fuses

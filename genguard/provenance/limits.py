@@ -1,4 +1,4 @@
-"""How much work one image's metadata may cost (README "Provenance")."""
+"""How much work one image's metadata may cost (docs/provenance.md)."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ async def _multipart(request: Request, max_images: int) -> tuple[list[bytes], li
              openapi_extra={"requestBody": BODY}, summary="Detect: upload files, or data URLs in JSON")
 async def detect(request: Request, explain: bool = Query(
         False, description="answer through the genguard_explain ensemble: each document gains `explanations` "
-                           "(heatmaps per detector head; slower: see README \"Explanations\")")):
+                           "(heatmaps per detector head; slower: see docs/explanations.md)")):
     """Multipart: one or many `file` fields (`curl -F file=@a.jpg -F file=@b.png`). JSON: `{"input":
     ["data:image/<type>;base64,..."], "names": [...]}`. Answers GenGuard's full document per image, in
     order, with `index` and `name`; a bad image is that item's FAILURE. `?explain=true` adds heatmaps."""
