@@ -31,6 +31,8 @@ class Health:
     weights: dict[str, str] = field(default_factory=dict)   # detector -> real | random, when the server says
     revisions: dict[str, str | None] = field(default_factory=dict)  # detector -> hub commit served (None: local/random)
     engines: dict[str, dict] = field(default_factory=dict)  # detector -> {option, engine, precision} (cpu target)
+    # PRECISION=best: {"cpu": the rendering CPU, "detectors": {detector: {option, why}}}; {} when not asked
+    best: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -320,6 +320,11 @@ def health(args) -> int:
             if engine:  # the CPU engine and precision it runs on (make serve PRECISION=...)
                 weights += f", {engine.get('engine')} {engine.get('precision')}"
         print(f"  {name.ljust(width)}  {'ready' if ready else 'NOT READY'}{weights}")
+    chosen = status.best.get("detectors", {})
+    if chosen:  # PRECISION=best: the option chosen per detector on the server's CPU, and why
+        print(f"PRECISION=best on {status.best.get('cpu', 'the server CPU')}:")
+        for name, choice in chosen.items():
+            print(f"  {name}: {choice.get('option')} — {choice.get('why')}")
     random = sorted(d for d, w in status.weights.items() if w == "random")
     if random:
         print(f"genguard: WARNING: {', '.join(random)} run random weights: their scores are meaningless",

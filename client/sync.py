@@ -208,4 +208,5 @@ class Client(BaseClient):
         models.update((name, self.is_model_ready(name)) for name in steps)
         post = self._config_or_none(protocol.POSTPROCESS) if protocol.POSTPROCESS in steps else None
         return Health(self.url, self.protocol, live, ready, models, self._weights(post),
-                      self._weights(post, "revisions"), self._weights(post, "engines"))
+                      self._weights(post, "revisions"), self._weights(post, "engines"),
+                      self._weights(post, "precision_best"))

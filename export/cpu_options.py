@@ -5,7 +5,7 @@
 
 With --weights (what `make cpu-options` passes, with CHECKPOINTS/REVISIONS/LABELS/DETECTORS), it first exports
 what the build lacks or holds differently from what was asked, exactly as `make serve` does
-(genguard.export.serve.export_missing). Without it, it measures the detectors the build holds.
+(genguard.export.serve.export_stale). Without it, it measures the detectors the build holds.
 
 For each detector and option (genguard.engines.OPTIONS, every one but ort-fp32 by default), on the sample
 images (genguard.export.samples: 23 photos and edge cases):
@@ -585,9 +585,9 @@ def main(argv=None) -> int:
         return 2
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     if args.weights:  # make cpu-options: what make serve would serve, exported first where the build lacks it
-        from genguard.export.serve import export_missing
+        from genguard.export.serve import export_stale
 
-        names, status = export_missing(args, who="make cpu-options")
+        names, status = export_stale(args, who="make cpu-options")
         if status:
             return status
     else:

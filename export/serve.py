@@ -5,7 +5,7 @@ With `--precision best` (make serve PRECISION=best) it first measures the CPU op
 records are missing or stale (genguard.export.cpu_options.best_choices; --measure no: it does not, and those
 detectors serve ort-fp32), then prints, per detector, the option `best` chose and why.
 
-export_missing() is the one place that decides what to export before serving; `make cpu-options` uses it too.
+export_stale() is the one place that decides what to export before serving; `make cpu-options` uses it too.
 
 It lives in the export package because it exports and renders; genguard.server, the runtime launcher,
 knows nothing of either. `make stop` is genguard.server's `stop`.
@@ -42,7 +42,7 @@ def export_arguments(args) -> list[str]:
     return argv
 
 
-def export_missing(args, who: str = "make serve") -> tuple[list[str], int]:
+def export_stale(args, who: str = "make serve") -> tuple[list[str], int]:
     """Export what the build lacks or holds differently from what `args` asks for (weights kind, checkpoints,
     revisions, label order, detectors), saying so. Returns (the detectors asked for, exit status: 0, or 1/2
     with the reason printed)."""
@@ -70,7 +70,7 @@ def serve(args) -> int:
         print(f"a server is already running (pid file {pidfile} or port {ports.http} answers): make stop first",
               file=sys.stderr)
         return 1
-    wanted, status = export_missing(args)
+    wanted, status = export_stale(args)
     if status:
         return status
     try:

@@ -149,8 +149,10 @@ def detector_tensors(config: mc.ModelConfig, spec: DetectorSpec) -> None:
 
 
 def postprocess_config(dets: list[ExportedDetector], max_batch: int, fusion: FusionConfig,
-                       cpu_options: dict[str, str] | None = None) -> mc.ModelConfig:
-    """cpu_options: detector -> genguard.engines option served (cpu target), named in every answer."""
+                       cpu_options: dict[str, str] | None = None, best: dict | None = None) -> mc.ModelConfig:
+    """cpu_options: detector -> genguard.engines option served (cpu target), named in every answer.
+    best: what `--precision best` chose on the rendering CPU and why ({"cpu", "detectors": {name: {option, why}}}),
+    a parameter `genguard health` and bench-compare read (not in the answers)."""
     detector_specs = [d.spec for d in dets]
     config = mc.ModelConfig(name=protocol.POSTPROCESS, backend="python", max_batch_size=max_batch)
     _tensor(config.input, protocol.IMAGE_INFO, mc.TYPE_STRING, [1])
@@ -167,6 +169,8 @@ def postprocess_config(dets: list[ExportedDetector], max_batch: int, fusion: Fus
             fusion=fusion.to_json())
     if cpu_options:
         _params(config, engines={name: engine_label(option) for name, option in cpu_options.items()})
+    if best:
+        _params(config, precision_best=best)
     return config
 
 

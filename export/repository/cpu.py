@@ -71,25 +71,31 @@ class CpuOptions:
         return asked or ("ort-int8" if self.int8 else engines.DEFAULT)
 
 
-def resolve_option(det: ExportedDetector, options: CpuOptions) -> tuple[str, Path, str]:
-    """(option, file, sha256) to serve for `det`, refusing with RepositoryError an option that is unknown, that
-    this CPU can't run, or whose accuracy record is missing, stale or outside its budget."""
+def resolve_option(det: ExportedDetector, options: CpuOptions) -> tuple[str, Path, str, str | None]:
+    """(option, file, sha256, why) to serve for `det`, refusing with RepositoryError an option that is unknown,
+    that this CPU can't run, or whose accuracy record is missing, stale or outside its budget. `why` is `best`'s
+    reason for its choice (genguard.export.cpu_options.choose_best), None for an option asked for by name."""
     from genguard.export import cpu_options
 
     folder = det.onnx.parent
     asked = dict(options.precision).get(det.spec.name)
     if asked is None:  # the defaults keep their own checks: FP32 parity, or INT8=1's quantize record
         path, digest = det.checked_onnx(options.int8)
-        return ("ort-int8" if options.int8 else engines.DEFAULT), path, digest
-    option = cpu_options.best_option(folder) if asked == "best" else asked
+        return ("ort-int8" if options.int8 else engines.DEFAULT), path, digest, None
+    why = None
+    if asked == "best":
+        choice = cpu_options.choose_best(folder)
+        option, why = choice.option, choice.why
+    else:
+        option = asked
     if option == engines.DEFAULT:
         path, digest = det.checked_onnx(False)
-        return option, path, digest
+        return option, path, digest, why
     try:
         path, digest = cpu_options.check_option(folder, option)
     except cpu_options.OptionRefused as exc:
         raise RepositoryError(f"--precision refused: {exc}") from None
-    return option, path, digest
+    return option, path, digest, why
 
 
 def detector_config(det: ExportedDetector, max_batch: int, options: CpuOptions = CpuOptions(),
@@ -108,15 +114,22 @@ def detector_config(det: ExportedDetector, max_batch: int, options: CpuOptions =
 
 
 def render_cpu(out: Path, dets: list[ExportedDetector], inputs: dict[str, specs.InputSpec], max_batch: int,
-               limits: DecodeLimits, cpu: CpuOptions, copy: bool, provenance: ProvenanceConfig) -> dict[str, str]:
-    """Writes preprocess and the detectors; returns each detector's CPU option (for the answer)."""
+               limits: DecodeLimits, cpu: CpuOptions, copy: bool, provenance: ProvenanceConfig
+               ) -> tuple[dict[str, str], dict]:
+    """Writes preprocess and the detectors; returns each detector's CPU option (for the answer) and, when some
+    asked for `best`, what it chose on this CPU and why ({"cpu": ..., "detectors": {name: {option, why}}},
+    for `genguard health` and bench-compare; {} otherwise)."""
+    from genguard import cpus
+
     _write_model(out, preprocess_config(inputs, max_batch, limits, queue=cpu.queue, provenance=provenance),
                  model_py="preprocess")
-    chosen = {}
+    chosen, best = {}, {}
     for det in dets:
-        option, onnx, digest = resolve_option(det, cpu)
+        option, onnx, digest, why = resolve_option(det, cpu)
         chosen[det.spec.name] = option
+        if why is not None:
+            best[det.spec.name] = {"option": option, "why": why}
         # the served file keeps its own name (model.qdq.onnx...): the detector model opens params["onnx_file"]
         _write_model(out, detector_config(det, max_batch, cpu, onnx_sha256=digest, option=option, onnx_file=onnx.name),
                      label_files(det.spec), model_py="detector", onnx=onnx, copy=copy)
-    return chosen
+    return chosen, ({"cpu": cpus.describe(), "detectors": best} if best else {})
