@@ -11,8 +11,10 @@ from importlib import metadata
 
 import numpy as np
 
+from genguard.cpus import DECIDING_FLAGS
+
 PACKAGES = ("genguard", "numpy", "pillow", "onnx", "onnxruntime", "torch", "torchvision", "timm", "transformers",
-            "tritonclient", "nvidia-pytriton")
+            "tritonclient", "nvidia-pytriton", "openvino")
 FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
 
@@ -86,6 +88,8 @@ def describe() -> dict:
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable,
         "cpu_flags": [f for f in FLAGS if f in flags],
+        # the flags that decide which CPU engine/precision option is fast here (genguard.cpus.DECIDING_FLAGS)
+        "deciding_flags": {f: f in flags for f in DECIDING_FLAGS},
         "hypervisor": "hypervisor" in flags,
         "memory_gib": _memory_gib(),
         "gpus": _gpus() or ["none"],
@@ -106,11 +110,24 @@ def describe_markdown(machine: dict, peak: dict | None = None) -> str:
         f"load average at start: {machine['load_average_at_start']}",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
     ]
+    if machine.get("deciding_flags"):
+        lines.append("- " + deciding_line(machine["deciding_flags"]))
     if machine.get("git_commit"):
         lines.append(f"- genguard commit: {machine['git_commit']}")
     if peak:
         lines.append(f"- matrix-multiply peak (measured in this run): {peak_summary(peak)}")
     return "\n".join(lines)
+
+
+def deciding_line(flags: dict[str, bool]) -> str:
+    """The CPU flags that decide the engine/precision options, in words: BF16 and INT8 matrix multiplies run on
+    AMX tiles (amx_bf16/amx_int8) where the CPU has them, else on AVX-512 BF16 / VNNI dot products, else emulated."""
+    shown = ", ".join(f"{f} {'yes' if flags.get(f) else 'no'}" for f in DECIDING_FLAGS)
+    bf16 = ("AMX tiles" if flags.get("amx_bf16") else "AVX-512 BF16 dot products (no AMX)" if flags.get("avx512_bf16")
+            else "no native BF16: the BF16 options are refused")
+    int8 = ("AMX tiles" if flags.get("amx_int8") else "VNNI dot products (no AMX)"
+            if flags.get("avx512_vnni") or flags.get("avx_vnni") else "no VNNI: the INT8 options that need it are refused")
+    return f"flags deciding the CPU options: {shown} — BF16 on {bf16}; INT8 on {int8}"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -410,6 +410,9 @@ def test_bench_compare_end_to_end(triton, tiny_build, pa, tmp_path):
     assert result["peak"]["fp32_peak_gflops"] > 0 and result["flops"]["sumsub_sd"] > 0
     text = (out / "compare-fp32.md").read_text()
     assert "## Targets" in text and "Triton overhead over in-process" in text
+    # issue 34: the CPU with the flags that decide the options, and the option each detector served, and why
+    assert f"- CPU: {result['machine']['cpu']}" in text and "flags deciding the CPU options: amx_bf16 " in text
+    assert "## CPU options served" in text and "| sumsub_sd | ort-fp32 | the default (PRECISION not set) |" in text
 
 
 # ---------------------------------------------------------------------------------------------------

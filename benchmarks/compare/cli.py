@@ -38,8 +38,8 @@ from genguard.benchmarks.compare import preprocessing as preprocessing_table
 from genguard.benchmarks.compare.bench import Bench
 from genguard.benchmarks.compare.common import log
 from genguard.benchmarks.compare import memory
-from genguard.benchmarks.compare.loading import (discover, load_detector, sample_images, served_tag, serves_int8,
-                                                 serves_options)
+from genguard.benchmarks.compare.loading import (discover, load_detector, sample_images, served_options, served_tag,
+                                                 serves_int8, serves_options)
 from genguard.benchmarks.compare.summary import best_peak, summarize, target_rows, targets
 from genguard.benchmarks.compare.writing import (DETECTOR_COLUMNS, OPTION_COLUMNS, PRE_COLUMNS, SUMMARY_COLUMNS,
                                                  TARGET_COLUMNS, memory_line, write)
@@ -106,6 +106,8 @@ def main(argv=None) -> int:
               "start one with `make serve` (WEIGHTS=random works)", file=sys.stderr)
         return 1
     log(f"server {args.http_url}: tritonserver {served.version}, detectors {', '.join(served.detectors)}")
+    for row in served_options(served):  # the option each detector runs, and why (PRECISION=best's reason)
+        log(f"  {row['detector']}: {row['option']} — {row['why']}")
     info = machine.describe()
     log("measuring the matrix-multiply peak")
     peak = machine.matmul_peak(seconds=args.peak_seconds)
@@ -177,7 +179,8 @@ def main(argv=None) -> int:
         "served": {"version": served.version, "weights": [d.params.get("weights", "?") for d in detectors],
                    "options": ", ".join(sorted({f"{d.onnx.name} opt={d.optimization} threads={d.threads or 'default'}"
                                                 for d in detectors})),
-                   "detectors": {d.name: d.params for d in detectors}},
+                   "detectors": {d.name: d.params for d in detectors},
+                   "cpu_options": served_options(served), "best_cpu": served.best.get("cpu")},
         "flops": {d.name: d.flops for d in detectors}, "repeats": repeats,
         "summary": summary, "ensemble": ensemble_rows, "detectors": detector_rows, "options": option_rows,
         "preprocessing": pre_rows, "agreement": agree, "targets": target_items, "memory": mem,

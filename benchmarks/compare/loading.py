@@ -3,6 +3,7 @@ checkpoint, an in-process session; the sample photos."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ class Served:
     version: str
     detectors: dict[str, dict]  # name -> config parameters
     fusion: str | None
+    best: dict = field(default_factory=dict)  # PRECISION=best: {"cpu", "detectors": {name: {option, why}}} (render's)
 
 
 def discover(http_url: str, grpc_url: str) -> Served:
@@ -34,9 +36,26 @@ def discover(http_url: str, grpc_url: str) -> Served:
         raise RuntimeError(f"{http_url} serves no `{protocol.ENSEMBLE}` ensemble (models: {names})")
     params = lambda name: {k: v["string_value"] for k, v in client.get_model_config(name).get("parameters", {}).items()}  # noqa: E731
     detectors = {n: params(n) for n in names if n not in PIPELINE_MODELS and n in specs.DETECTORS}
-    fusion = params(protocol.POSTPROCESS).get("fusion")
+    post = params(protocol.POSTPROCESS)
+    fusion = post.get("fusion")
     client.close()
-    return Served(http_url, grpc_url, version, detectors, fusion)
+    try:
+        best = json.loads(post.get("precision_best") or "{}")
+    except ValueError:
+        best = {}
+    return Served(http_url, grpc_url, version, detectors, fusion, best)
+
+
+def served_options(served: Served) -> list[dict]:
+    """Per served detector: the CPU option it runs and why (`best`'s reason, or "asked for"/"the default")."""
+    chosen = served.best.get("detectors", {})
+    out = []
+    for name, params in served.detectors.items():
+        option = params.get("cpu_option", engines.DEFAULT)
+        why = (chosen[name]["why"] if name in chosen else
+               "the default (PRECISION not set)" if option == engines.DEFAULT else "asked for by name (PRECISION)")
+        out.append({"detector": name, "option": option, "asked": "best" if name in chosen else "", "why": why})
+    return out
 
 
 @dataclass

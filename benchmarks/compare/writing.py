@@ -40,6 +40,23 @@ TARGET_COLUMNS = [("target", "target", "sig3"), ("shown", "this run", "sig3"), (
 
 
 
+SERVED_OPTION_COLUMNS = [("detector", "detector", "sig3"), ("option", "CPU option served", "sig3"),
+                         ("why", "why", "sig3")]
+
+
+def served_options_section(result: dict) -> list[str]:
+    """Which engine/precision each detector ran on this CPU and why: `PRECISION=best`'s reason (measured N× FP32,
+    no record, every faster option outside the budget, stale records), or that it was asked for or the default."""
+    rows = result["served"].get("cpu_options") or []
+    if not rows:
+        return []
+    best = [r for r in rows if r.get("asked") == "best"]
+    intro = (f"`PRECISION=best` chose these on {result['served'].get('best_cpu') or 'the server CPU'} (the CPU the "
+             "repository was rendered on), from `make cpu-options` records measured there:" if best else
+             "`PRECISION=best` was not asked for; the options served:")
+    return ["## CPU options served", "", intro, "", markdown_table(rows, SERVED_OPTION_COLUMNS), ""]
+
+
 def markdown(result: dict) -> str:
     from genguard.benchmarks.report import fmt
 
@@ -60,6 +77,7 @@ def markdown(result: dict) -> str:
         "",
         machine.describe_markdown(result["machine"], result["peak"]),
         "",
+        *served_options_section(result),
         "## Targets",
         "",
         markdown_table(target_rows(result["targets"]), TARGET_COLUMNS),
