@@ -45,7 +45,7 @@ setup:
 	fi
 	@echo "venv ready: $(VENV)"
 
-# Two tiers (README "Tests"): `make test` is the fast tier (minutes; still one real tritonserver + gateway);
+# Two tiers (docs/development.md, "Tests"): `make test` is the fast tier (minutes; still one real tritonserver + gateway);
 # `make test-all` is everything, and is what CI runs. PYTEST_ARGS adds pytest options to either.
 PYTEST_ARGS ?=
 test: setup
@@ -62,7 +62,7 @@ docs: setup
 export: setup
 	$(BIN)/python -m genguard.export $(EXPORT_ARGS)
 
-# Air-gapped installs (README "Air-gapped install"). Connected machine: fetch the hub checkpoints into the
+# Air-gapped installs (docs/detectors.md, "Air-gapped install"). Connected machine: fetch the hub checkpoints into the
 # Hugging Face cache and pack them with a sha256 manifest into $(WEIGHTS_PACK). Offline machine:
 # make weights-unpack WEIGHTS_PACK=/path/genguard-weights.tar, then HF_HUB_OFFLINE=1 make serve CHECKPOINTS=...
 WEIGHTS_PACK ?= $(BUILD)/weights/genguard-weights.tar
@@ -80,7 +80,7 @@ quantize: setup
 # CPU engine/precision options (ORT INT8/QDQ, OpenVINO FP32/BF16/INT8): export what the build lacks (as make serve
 # does, from WEIGHTS/CHECKPOINTS/REVISIONS/LABELS/DETECTORS), then build, measure vs FP32 and the reference, record
 cpu-options: setup
-	$(BIN)/python -m genguard.export.cpu_options $(EXPORT_ARGS)
+	$(BIN)/python -m genguard.export.cpu_options $(EXPORT_ARGS) --threads $(ORT_THREADS)
 
 # Grad-CAM for the CNN detectors: build/onnx/<det>/explain.onnx + explain.json, parity vs pytorch-grad-cam
 explain: setup

@@ -15,15 +15,18 @@ images (genguard.export.samples: 23 photos and edge cases):
   - runs it and compares its probabilities with ONNX Runtime FP32 (the served default) and with the seed's
     reference pipeline (the card's preprocessing + PyTorch, on the checkpoint the export names): max |Δprob|,
     top-1 agreement, worst image;
-  - times it against FP32 (batch 1, interleaved), the figure `--precision best` ranks by;
+  - times it against FP32 (batch 1, interleaved), the figure `--precision best` ranks by, with the engines
+    configured as served: ONNX Runtime's idle threads not spinning (a spinning pool steals the cores from the
+    engine timed after it: benchmarks/results/bf16-why.md) and --threads intra-op threads (make serve's
+    ORT_THREADS; 0: each engine's default, every core);
   - records all of it in parity.json["cpu_options"][option] with the sha256 of the file and of model.onnx,
-    and the CPU it ran on, atomically.
+    the CPU it ran on, the threads and the load average while it ran, atomically.
 An option outside the budget (max |Δprob| ≤ 1e-2 and top-1 agreement ≥ 99 %, both against FP32 and
 against the reference) is recorded as such, and the renderer refuses it.
 
-`best` (choose_best) uses only records made for this model.onnx, this option file and this CPU model: a new
-checkpoint, revision or label order changes model.onnx, so its old records are stale, and `best` says so
-(make serve PRECISION=best measures again first). It exits non-zero when it measured nothing.
+`best` (choose_best) uses only records made for this model.onnx, this option file, this CPU model and the
+served thread count: a new checkpoint, revision or label order changes model.onnx, so its old records are stale,
+and `best` says so (make serve PRECISION=best measures again first). It exits non-zero when it measured nothing.
 """
 
 from __future__ import annotations
@@ -186,10 +189,11 @@ def _int8_vouched(folder: Path, fp32_sha256: str) -> bool:
 
 
 def measure_detector(build: Path, name: str, options: list[str], *, images: dict[str, bytes] | None = None,
-                     speed_rounds: int = 2, reference: bool = True, progress: Progress | None = None
-                     ) -> dict[str, dict]:
+                     speed_rounds: int = 2, reference: bool = True, progress: Progress | None = None,
+                     threads: int = 0) -> dict[str, dict]:
     """Build, measure and record `options` for one detector; returns {option: record}. `progress` gets one
-    line as each option starts and one as it ends (the whole takes minutes on a full-size model)."""
+    line as each option starts and one as it ends (the whole takes minutes on a full-size model). `threads`:
+    intra-op threads of every engine, as served (make serve ORT_THREADS; 0: each engine's default)."""
     from genguard.export import samples
     from genguard.export.onnx_export import write_atomic
     from genguard.preprocess import preprocess_bytes
@@ -210,7 +214,9 @@ def measure_detector(build: Path, name: str, options: list[str], *, images: dict
     caps = cpus.capabilities()
     cpu = {"cpu_model": cpus.cpu_model(), "cpu_flags": sorted(cpus.cpu_flags() & set(cpus.DECIDING_FLAGS))}
     say(f"FP32 and the reference pipeline on {len(names)} images ...")
-    base_engine = engines.open_engine("ort-fp32", fp32)
+    # as served (genguard/triton_models/detector.py): no spinning idle threads, the served thread count
+    served = {"threads": threads or None, "spinning": False}
+    base_engine = engines.open_engine("ort-fp32", fp32, **served)
     base = _probs(spec, base_engine, pixels)
     ref = _reference_probs(spec, meta.get("checkpoint"), images) if reference else None
 
@@ -221,7 +227,7 @@ def measure_detector(build: Path, name: str, options: list[str], *, images: dict
         step = f"[{k}/{len(todo)}] {option.name}"
         path = folder / option.file
         record = {"engine": option.engine, "precision": option.precision, "file": option.file,
-                  "fp32_sha256": fp32_sha, "cpu": caps, **cpu}
+                  "fp32_sha256": fp32_sha, "cpu": caps, **cpu, "threads": threads}
         records[option.name] = record
         missing = engines.missing_instructions(option, caps)
         if missing:
@@ -260,7 +266,7 @@ def measure_detector(build: Path, name: str, options: list[str], *, images: dict
             say(f"{step}: skipped: {record['skipped']}")
             continue
         try:
-            engine = engines.open_engine(option, path, caps=caps)
+            engine = engines.open_engine(option, path, caps=caps, **served)
         except engines.OptionError as exc:  # e.g. bf16-mixed on a model whose marked layers all fuse into bf16 ones
             record["skipped"] = str(exc).removeprefix(f"{option.name}: ")
             say(f"{step}: skipped: {record['skipped']}")
@@ -271,12 +277,15 @@ def measure_detector(build: Path, name: str, options: list[str], *, images: dict
         if ref is not None:
             record["vs_reference"] = _compare(spec, ref, probs, names)
             record["fp32_vs_reference"] = _compare(spec, ref, base, names)
+        load_before = _load()
         speed = _speed({"fp32": base_engine, option.name: engine}, pixels, speed_rounds)
+        load = max(load_before, _load())
         del engine
         record.update({
             "speed": {"batch": 1, "images": len(names), "rounds": speed_rounds,
                       "fp32_images_per_s": speed["fp32"], "images_per_s": speed[option.name],
-                      "vs_fp32": speed[option.name] / speed["fp32"]},
+                      "vs_fp32": speed[option.name] / speed["fp32"], "load_average": load,
+                      "usable_cpus": cpus.available_cpus(), "busy": is_busy(load, cpus.available_cpus())},
             "budget": BUDGET,
             "within_budget": ref is not None and within_budget(record),
             "openvino": engines.openvino_version() if option.engine == "openvino" else None,
@@ -285,10 +294,32 @@ def measure_detector(build: Path, name: str, options: list[str], *, images: dict
         worst = max(record["vs_fp32"]["max_abs_prob"], record.get("vs_reference", {}).get("max_abs_prob", 0.0))
         say(f"{step}: {record['speed']['vs_fp32']:.2f}× FP32, max |Δprob| {worst:.1e}, "
             f"{'within budget' if record['within_budget'] else 'OUTSIDE the budget'} ({record['seconds']:.0f} s)")
+        if record["speed"]["busy"]:
+            say(f"{step}: WARNING: {busy_note(record['speed'])}")
     parity = json.loads(parity_path.read_text())
     parity.setdefault(RECORD_KEY, {}).update(records)
     write_atomic(parity_path, json.dumps(parity, indent=2) + "\n")
     return records
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+def is_busy(load: float, usable: int) -> bool:
+    """Whether other work competed for the cores while timing: the 1-minute load average counts this process's
+    own threads too (up to one per core), so busy is well above the usable CPUs."""
+    return load > usable + max(1.0, usable / 2)
+
+
+def busy_note(speed: dict) -> str:
+    return (f"the machine was busy while this was timed (load average {speed['load_average']:.1f} on "
+            f"{speed['usable_cpus']} usable CPUs): with every core's thread competing, speed-ups shrink towards "
+            "1× or below (benchmarks/results/bf16-why.md); measure on a quiet machine, or with ORT_THREADS set to "
+            "the cores that are free")
 
 
 def _reference_probs(spec, checkpoint: str | None, images: dict[str, bytes]) -> list[np.ndarray]:
@@ -310,13 +341,13 @@ def default_options() -> list[str]:
 
 
 def estimate_seconds(build: Path, name: str, options: list[str] | None = None, *, images: int = 23,
-                     speed_rounds: int = 2) -> float:
+                     speed_rounds: int = 2, threads: int = 0) -> float:
     """About how long measure_detector takes here: one FP32 inference timed now (batch 1), times the
     inferences it runs (FP32 and the reference on every image; per option its images, then `speed_rounds` timed
     rounds of it and FP32), plus compiling. Rough (±50 %): OpenVINO and INT8 run faster or slower than FP32."""
     folder = Path(build) / "onnx" / name
     spec = specs.get(name)
-    engine = engines.open_engine("ort-fp32", folder / engines.FP32_FILE, spinning=False)
+    engine = engines.open_engine("ort-fp32", folder / engines.FP32_FILE, spinning=False, threads=threads or None)
     x = np.zeros((1, *spec.input.shape), dtype=np.float32)
     engine.run(None, {"pixels": x})
     t0 = time.perf_counter()
@@ -394,9 +425,15 @@ class Choice:
         return f"{self.detector}: {self.option} — {self.why}"
 
 
-def record_staleness(folder: Path, record: dict, fp32_sha256: str | None, cpu_model: str) -> str | None:
+def _threads(n: int) -> str:
+    return f"{n} thread{'s' if n != 1 else ''}" if n else "the engines' default threads"
+
+
+def record_staleness(folder: Path, record: dict, fp32_sha256: str | None, cpu_model: str,
+                     threads: int = 0) -> str | None:
     """Why `record` no longer describes what would be served here (None: it does): it was measured for another
-    model.onnx (a new checkpoint, revision or label order), another option file, or on another CPU."""
+    model.onnx (a new checkpoint, revision or label order), another option file, on another CPU, or with
+    another thread count than the one served (ORT_THREADS)."""
     if not fp32_sha256 or record.get("fp32_sha256") != fp32_sha256:
         return "measured for another model.onnx (sha256 differs)"
     if "sha256" in record:
@@ -407,12 +444,15 @@ def record_staleness(folder: Path, record: dict, fp32_sha256: str | None, cpu_mo
             return f"{record.get('file')} changed since it was measured (sha256 differs)"
     if record.get("cpu_model") != cpu_model:
         return f"measured on another CPU ({record.get('cpu_model') or 'not named in the record'})"
+    if record.get("threads", 0) != threads:
+        return f"measured with {_threads(record.get('threads', 0))}, served with {_threads(threads)}"
     return None
 
 
-def choose_best(folder: Path, caps: dict[str, bool] | None = None) -> Choice:
+def choose_best(folder: Path, caps: dict[str, bool] | None = None, threads: int = 0) -> Choice:
     """`--precision best` for build/onnx/<name>/: the fastest option within budget that this CPU runs, measured
-    vs FP32 on this CPU for this very model.onnx; ort-fp32 when none beats FP32, with the reason either way."""
+    vs FP32 on this CPU for this very model.onnx with the served thread count (`threads`, 0: the engines'
+    default); ort-fp32 when none beats FP32, with the reason either way."""
     folder = Path(folder)
     name = folder.name
     records = {n: r for n, r in _parity(folder).get(RECORD_KEY, {}).items() if n in engines.OPTIONS}
@@ -422,7 +462,7 @@ def choose_best(folder: Path, caps: dict[str, bool] | None = None) -> Choice:
     fp32 = folder / engines.FP32_FILE
     fp32_sha = _sha256(fp32) if fp32.is_file() else None
     here = cpus.cpu_model()
-    stale = {n: why for n, r in records.items() if (why := record_staleness(folder, r, fp32_sha, here))}
+    stale = {n: why for n, r in records.items() if (why := record_staleness(folder, r, fp32_sha, here, threads))}
     causes = sorted(set(stale.values()))
     stale_text = "; ".join(f"{', '.join(n for n in stale if stale[n] == c)}: {c}" for c in causes)
     remeasure = f"stale records ({stale_text})" if stale else ""
@@ -446,6 +486,8 @@ def choose_best(folder: Path, caps: dict[str, bool] | None = None) -> Choice:
         why = (f"the fastest option within budget on this CPU: measured {speedup:.2f}× FP32 (batch 1, "
                f"{r['speed']['fp32_images_per_s']:.3g} → {r['speed']['images_per_s']:.3g} images/s), "
                f"max |Δprob| {worst:.1e}")
+        if r["speed"].get("busy"):
+            why += f" (timed on a busy machine: load average {r['speed']['load_average']:.1f})"
         if misses:
             why += f"; faster but outside the budget: {', '.join(misses)}"
         if stale:
@@ -471,31 +513,32 @@ def choose_best(folder: Path, caps: dict[str, bool] | None = None) -> Choice:
     return Choice(name, engines.DEFAULT, "; ".join(parts), remeasure)
 
 
-def best_option(folder: Path, caps: dict[str, bool] | None = None) -> str:
+def best_option(folder: Path, caps: dict[str, bool] | None = None, threads: int = 0) -> str:
     """The fastest recorded option within budget that this CPU runs (measured vs FP32); ort-fp32 if none beats it
     (choose_best says why)."""
-    return choose_best(folder, caps).option
+    return choose_best(folder, caps, threads).option
 
 
-def best_choices(build: Path, names: list[str], *, measure: bool, log=None, who: str = "PRECISION=best"
-                 ) -> dict[str, Choice]:
+def best_choices(build: Path, names: list[str], *, measure: bool, log=None, who: str = "PRECISION=best",
+                 threads: int = 0) -> dict[str, Choice]:
     """choose_best for each of `names`; with `measure`, first measures the options of those whose records are
     missing or stale (saying so, with a time estimate), so that `best` chooses from records of this model.onnx
     on this CPU. Later calls find the records current and measure nothing."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    choices = {n: choose_best(Path(build) / "onnx" / n) for n in names}
+    choices = {n: choose_best(Path(build) / "onnx" / n, threads=threads) for n in names}
     todo = [n for n, c in choices.items() if c.remeasure]
     if todo and measure:
-        estimates = {n: estimate_seconds(build, n) for n in todo}
+        estimates = {n: estimate_seconds(build, n, threads=threads) for n in todo}
         log(f"{who}: measuring the CPU options of {', '.join(f'{n} ({choices[n].remeasure})' for n in todo)} "
             f"first, on {cpus.describe()} — {duration(sum(estimates.values()))} in all (estimated); the records are "
             "reused until the model, an option file or the CPU changes")
         for n in todo:
             started = time.perf_counter()
             log(f"==> {n}: {duration(estimates[n])}")
-            measure_detector(build, n, default_options(), progress=lambda line, n=n: log(f"  {n} {line}"))
+            measure_detector(build, n, default_options(), progress=lambda line, n=n: log(f"  {n} {line}"),
+                             threads=threads)
             log(f"  {n}: measured in {duration(time.perf_counter() - started).removeprefix('about ')}")
-            choices[n] = choose_best(Path(build) / "onnx" / n)
+            choices[n] = choose_best(Path(build) / "onnx" / n, threads=threads)
     return choices
 
 
@@ -564,6 +607,9 @@ def main(argv=None) -> int:
     parser.add_argument("--options", default=",".join(default_options()),
                         help="comma-separated options (default: all but ort-fp32)")
     parser.add_argument("--speed-rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="intra-op threads of every engine, as make serve ORT_THREADS=N will serve them "
+                             "(default 0: each engine's default, one per core)")
     parser.add_argument("--report", type=Path, default=None,
                         help="write the recorded options as a Markdown table to this file, measuring nothing")
     args = parser.parse_args(argv)
@@ -603,13 +649,14 @@ def main(argv=None) -> int:
         return 2
     log(f"cpu-options: measuring {', '.join(o for o in options if o != engines.DEFAULT)} for {', '.join(names)} "
         f"on {cpus.describe()}")
-    estimates = {n: estimate_seconds(args.build, n, options, speed_rounds=args.speed_rounds) for n in names}
+    estimates = {n: estimate_seconds(args.build, n, options, speed_rounds=args.speed_rounds, threads=args.threads)
+                 for n in names}
     log(f"cpu-options: {duration(sum(estimates.values()))} in all (estimated)")
     rows, measured, started = [], 0, time.perf_counter()
     for i, name in enumerate(names, 1):
         t0 = time.perf_counter()
         log(f"==> [{i}/{len(names)}] {name}: {duration(estimates[name])}")
-        records = measure_detector(args.build, name, options, speed_rounds=args.speed_rounds,
+        records = measure_detector(args.build, name, options, speed_rounds=args.speed_rounds, threads=args.threads,
                                    progress=lambda line, name=name: log(f"  {name} {line}"))
         log(f"  {name}: done in {time.perf_counter() - t0:.0f} s")
         for option, r in records.items():
@@ -631,7 +678,7 @@ def main(argv=None) -> int:
           f"({measured} options measured in {time.perf_counter() - started:.0f} s)")
     print(f"PRECISION=best on {cpus.describe()}:")
     for name in names:
-        print(f"  {choose_best(args.build / 'onnx' / name).line()}")
+        print(f"  {choose_best(args.build / 'onnx' / name, threads=args.threads).line()}")
     return 0
 
 

@@ -81,7 +81,7 @@ def serve(args) -> int:
             return 2
         best = [name for name, option in precision.items() if option == "best"]
         if best:  # measured first where the records are missing or stale; then one line per detector
-            choices = best_choices(build, best, measure=args.measure == "auto")
+            choices = best_choices(build, best, measure=args.measure == "auto", threads=args.ort_threads)
             print(f"PRECISION=best on {cpus.describe()}:")
             for choice in choices.values():
                 print(f"  {choice.line()}")

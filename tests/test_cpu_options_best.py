@@ -170,6 +170,32 @@ def test_a_changed_option_file_or_another_cpu_makes_a_record_stale(measured, tmp
     assert choice.option != "ort-int8-qdq" and "model.qdq.onnx changed since it was measured" in choice.why
 
 
+def test_records_measured_with_other_threads_are_stale(measured, tmp_path):
+    """make serve ORT_THREADS=1 serves every engine single-threaded: records timed on every core do not rank it."""
+    folder = edited(measured, tmp_path, fast)
+    assert cpu_options.choose_best(folder).option == "ort-int8-qdq"
+    choice = cpu_options.choose_best(folder, threads=1)
+    assert choice.option == "ort-fp32" and choice.remeasure
+    assert "measured with the engines' default threads, served with 1 thread" in choice.why
+    assert "--threads 1" in make_line("cpu-options", "ORT_THREADS=1")
+
+
+def test_options_are_timed_as_served(tiny_build, tmp_path, monkeypatch):
+    """No spinning ONNX Runtime threads (the served setting; a spinning pool steals the cores from the engine timed
+    next), the served thread count, and the load average while timing, in the record."""
+    build = copy_build(tiny_build, tmp_path, ["sumsub_sd"])
+    opened = []
+    real = engines.open_engine
+    monkeypatch.setattr(engines, "open_engine", lambda *a, **kw: opened.append(kw) or real(*a, **kw))
+    images = dict(list(samples.photos().items())[:2])
+    record = cpu_options.measure_detector(build, "sumsub_sd", ["openvino-fp32"], images=images, speed_rounds=1,
+                                          threads=1)["openvino-fp32"]
+    assert len(opened) == 2 and all(kw["spinning"] is False and kw["threads"] == 1 for kw in opened)
+    assert record["threads"] == 1 and record["speed"]["usable_cpus"] >= 1
+    assert record["speed"]["busy"] == cpu_options.is_busy(record["speed"]["load_average"], cpus.available_cpus())
+    assert not cpu_options.is_busy(2.0, 2) and cpu_options.is_busy(6.0, 2)
+
+
 def test_every_faster_option_outside_the_budget_is_named(measured, tmp_path):
     def outside(records):
         fast(records)

@@ -84,7 +84,7 @@ def resolve_option(det: ExportedDetector, options: CpuOptions) -> tuple[str, Pat
         return ("ort-int8" if options.int8 else engines.DEFAULT), path, digest, None
     why = None
     if asked == "best":
-        choice = cpu_options.choose_best(folder)
+        choice = cpu_options.choose_best(folder, threads=options.intra_op_threads)
         option, why = choice.option, choice.why
     else:
         option = asked
