@@ -1,7 +1,9 @@
-"""Shared fixtures: one reduced-depth random-weight build of every detector per test run."""
+"""Shared fixtures: one reduced-depth random-weight build of every detector, made once and reused across
+runs while the code that makes it is unchanged; one real tritonserver for the whole run."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -9,10 +11,43 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from genguard import specs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _builds_key() -> str:
+    """What the tiny builds are made from: the exporter, the runtime modules it imports (the top level of
+    genguard/, not its packages) and the pinned dependencies. Any change to them makes a new build."""
+    digest = hashlib.sha256()
+    for path in sorted([*ROOT.glob("export/**/*.py"), *ROOT.glob("genguard/*.py"), ROOT / "pyproject.toml"]):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def cached_build(kind: str, tmp_path_factory, make: Callable[[Path], None]) -> Path:
+    """A build `make` fills, kept under $GENGUARD_TEST_CACHE (default ~/.cache/genguard/test-builds) by
+    kind and _builds_key(); GENGUARD_TEST_CACHE=0 builds it afresh in the run's temporary folder (CI
+    does, so a clean checkout proves the whole path). Tests only read these builds: they copy to change."""
+    root = os.environ.get("GENGUARD_TEST_CACHE", str(Path.home() / ".cache" / "genguard" / "test-builds"))
+    if root == "0":
+        build = tmp_path_factory.mktemp(kind)
+        make(build)
+        return build
+    build = Path(root) / f"{kind}-{_builds_key()}"
+    done = build / ".complete"  # made in place (records name their paths), marked whole when it is
+    if done.is_file():
+        return build
+    for old in build.parent.glob(f"{kind}-*"):  # a half build, or earlier code's (~0.6 GB each)
+        shutil.rmtree(old, ignore_errors=True)
+    build.mkdir(parents=True)
+    make(build)
+    done.touch()
+    return build
 
 
 @pytest.fixture(scope="session")
@@ -23,16 +58,18 @@ def tiny_build(tmp_path_factory) -> Path:
     """
     from genguard.export.__main__ import main
 
-    reuse = os.environ.get("GENGUARD_TEST_BUILD")  # developers: reuse a tiny build between runs
+    reuse = os.environ.get("GENGUARD_TEST_BUILD")  # developers: a tiny build of their own
     if reuse and all((Path(reuse) / "onnx" / n / "parity.json").is_file() for n in specs.DETECTORS):
         return Path(reuse)
-    build = tmp_path_factory.mktemp("build")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert main(["--weights", "random", "--tiny", "--build", str(build)]) == 0
-    for name in specs.DETECTORS:
-        assert (build / "onnx" / name / "model.onnx").is_file(), name
-    return build
+
+    def make(build: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert main(["--weights", "random", "--tiny", "--build", str(build)]) == 0
+        for name in specs.DETECTORS:
+            assert (build / "onnx" / name / "model.onnx").is_file(), name
+
+    return cached_build("tiny", tmp_path_factory, make)
 
 
 # The detectors that have in-graph Grad-CAM exports (explain.onnx).
@@ -48,16 +85,18 @@ def explain_build(tiny_build, tmp_path_factory) -> Path:
     reuse = os.environ.get("GENGUARD_TEST_EXPLAIN_BUILD")
     if reuse and all(load_record(Path(reuse) / "onnx" / n) for n in CNNS):
         return Path(reuse)
-    build = tmp_path_factory.mktemp("explain_build")
-    for name in specs.DETECTORS:
-        shutil.copytree(tiny_build / "onnx" / name, build / "onnx" / name)
-    shutil.copytree(tiny_build / "checkpoints", build / "checkpoints")
-    # the CLI, in its own process: tracing four CNNs holds GBs that a test process would keep
-    for name in CNNS:  # one process each: what tracing and the reference hold is handed back in between
-        subprocess.run([sys.executable, "-W", "ignore", "-m", "genguard.export.explain", "--build", str(build),
-                        "--detectors", name], check=True, capture_output=True)
-    assert all(load_record(build / "onnx" / n) for n in CNNS)
-    return build
+
+    def make(build: Path) -> None:
+        for name in specs.DETECTORS:
+            shutil.copytree(tiny_build / "onnx" / name, build / "onnx" / name)
+        shutil.copytree(tiny_build / "checkpoints", build / "checkpoints")
+        # the CLI, in its own process: tracing four CNNs holds GBs that a test process would keep
+        for name in CNNS:  # one process each: what tracing and the reference hold is handed back in between
+            subprocess.run([sys.executable, "-W", "ignore", "-m", "genguard.export.explain", "--build",
+                            str(build), "--detectors", name], check=True, capture_output=True)
+        assert all(load_record(build / "onnx" / n) for n in CNNS)
+
+    return cached_build("explain", tmp_path_factory, make)
 
 
 def checkpoint_path(build: Path, name: str) -> Path:

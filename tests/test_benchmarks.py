@@ -377,6 +377,7 @@ def test_perf_analyzer_unusable_binary_is_explained(tmp_path):
 
 
 @pytest.mark.server
+@pytest.mark.slow  # a perf_analyzer sweep
 def test_bench_end_to_end(triton, pa, tmp_path):
     from genguard.benchmarks import perf
 
@@ -391,6 +392,7 @@ def test_bench_end_to_end(triton, pa, tmp_path):
 
 
 @pytest.mark.server
+@pytest.mark.slow  # every table of bench-compare, references included
 def test_bench_compare_end_to_end(triton, tiny_build, pa, tmp_path):
     out = tmp_path / "results"
     assert compare.main(["--build", str(tiny_build), "--scratch", str(tmp_path / "scratch"),
@@ -466,6 +468,7 @@ assert memory.peak_bytes() < before + (60 << 20) and memory.process_peak_bytes()
 
 
 @pytest.mark.server
+@pytest.mark.slow  # every engine option measured
 def test_bench_compare_options_table_with_engines_and_memory(triton, tiny_build, pa, tmp_path):
     out = tmp_path / "results"
     assert compare.main(["--build", str(tiny_build), "--scratch", str(tmp_path / "scratch"),

@@ -22,7 +22,8 @@ from genguard.client import Client
 from genguard.client.cli import main as cli
 from genguard.fusion import FusionConfig
 
-pytestmark = pytest.mark.server
+# The slow tier (make test-all, CI): servers of their own with fitted fusions.
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 N = 40
 INFORMATIVE = "sumsub_sd"

@@ -15,7 +15,8 @@ from genguard import cpus, engines, protocol, specs
 from genguard.export import cpu_options
 from genguard.export.repository import CpuOptions, RepositoryError, render
 
-pytestmark = pytest.mark.server
+# The slow tier (make test-all, CI): a server of its own per engine option.
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 # one server, four options: each detector runs a different one
 # (openvino-int8 loads in test_cpu_options; ImageTrust's QDQ misses the budget with the tiny random weights)

@@ -1,7 +1,7 @@
 """Explanations: in-graph Grad-CAM (parity vs pytorch-grad-cam), occlusion, their sanity checks, overlays.
 
 The CNN detectors' tiny builds are full-size architectures with random weights (spec.tiny only shortens the
-transformers), so the parity figures here are the ones the README's table shows.
+transformers), so the parity figures here are the ones the docs table shows (docs/explanations.md).
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from genguard import specs
 pytest.importorskip("pytorch_grad_cam")
 torch = pytest.importorskip("torch")
 
+# The slow tier (make test-all, CI): Grad-CAM exports of the four CNNs (explain_build) and occlusion sweeps.
+pytestmark = pytest.mark.slow
 TRANSFORMERS = ["opensdi_flux", "freepik_nsfw"]
-README = Path(__file__).resolve().parents[1] / "README.md"
+EXPLANATIONS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "explanations.md"
 
 
 
@@ -46,8 +48,8 @@ def _photos_pixels(spec, size=None):
 # Grad-CAM parity
 
 
-def _readme_parity_rows() -> dict[tuple[str, str], tuple[float, int]]:
-    text = README.read_text()
+def _documented_parity_rows() -> dict[tuple[str, str], tuple[float, int]]:
+    text = EXPLANATIONS_PAGE.read_text()
     section = text.split("<!-- explain-parity -->")[1]
     rows = {}
     for match in re.finditer(r"^\| `(\w+)` \| `(\w+)` \| ([0-9.e+-]+) \| (\d+) \|", section, re.M):
@@ -63,13 +65,13 @@ def test_gradcam_parity_vs_pytorch_grad_cam(explain_build, name):
     assert record is not None and record["passed"]
     assert record["images"] >= 10
     spec = specs.get(name)
-    rows = _readme_parity_rows()
+    rows = _documented_parity_rows()
     for head in spec.heads:
         measured = record["heads"][head.name]["max_abs_map"]
         assert measured <= CAM_ATOL
         # every label of the head was compared
         assert set(record["heads"][head.name]["per_label"]) == set(head.labels)
-        # the README's table is this measurement (same architectures, same seed): same photos, same figure
+        # the docs table is this measurement (same architectures, same seed): same photos, same figure
         # to within float noise between machines
         readme_value, readme_photos = rows[(name, head.name)]
         assert readme_photos == record["images"]

@@ -14,6 +14,8 @@ from genguard import explanations as E
 from genguard import protocol, specs
 
 pytest.importorskip("tritonclient")
+# The slow tier (make test-all, CI): a server of its own for genguard_explain, on the Grad-CAM exports.
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +127,7 @@ def test_cli_explain_writes_overlays_and_json(explain_server, tmp_path, capsys):
     assert "corrupt.jpg: FAILURE" in capsys.readouterr().out
 
 
+@pytest.mark.gateway
 def test_gateway_detect_with_explain(explain_server, tmp_path):
     """POST /v1/detect?explain=true answers the documents with explanations; a corrupt image fails alone;
     without the flag the documents have none."""
@@ -224,6 +227,8 @@ def test_gpu_targets_render_the_explain_ensemble(explain_build, tmp_path, target
 
 
 
+@pytest.mark.gateway
+@pytest.mark.browser
 def test_reviewer_page_draws_the_overlay(explain_server, tmp_path):
     """The page with "heatmaps" checked asks /v1/detect?explain=true and draws the chosen head's overlay in
     the detail view; its pixels are the client's overlay (within the browser's own image downscaling)."""

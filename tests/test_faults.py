@@ -22,7 +22,8 @@ from genguard.client import Client
 from genguard.export import samples
 from genguard.export.repository import render
 
-pytestmark = pytest.mark.server
+# The slow tier (make test-all, CI): servers of their own, killed and restarted.
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 DETECTOR = "sumsub_sd"  # the smallest: keeps these servers quick to start
 
 

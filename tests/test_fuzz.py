@@ -112,6 +112,7 @@ def test_regression_corpus_in_process(name):
 
 
 @pytest.mark.server
+@pytest.mark.slow  # hundreds of mutated inputs through the server
 def test_mutated_inputs_against_the_server(triton):
     """A bounded run: 48 mutated images in batches of 6 (each mutated with a fixed seed)."""
     rng = np.random.default_rng(1234)

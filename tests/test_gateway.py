@@ -26,7 +26,7 @@ import hostile
 from conftest import TEST_MAX_BYTES, free_ports
 from genguard.client import Client
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.gateway]
 
 HIVE = "/v1/cv/hive/ai-generated-image-detection"
 KEY = "gk-" + "7f3a9c1e5b2d4f60" * 2

@@ -103,9 +103,10 @@ def test_compare_heads_on_hand_computed_logits():
     assert (top1, counted) == (0.5, 2)  # at a tighter tolerance it is decided, and flipped
 
 
-def test_gpu_tests_fail_rather_than_skip_on_a_gpu_without_tensorrt(tmp_path):
+def test_gpu_tests_fail_rather_than_skip_on_a_gpu_without_tensorrt(tiny_build, tmp_path):
     """tests/test_gpu.py on a (faked) GPU machine with neither trtexec nor TensorRT: the engine test fails
     with the reason; it does not skip."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -124,6 +125,7 @@ gpu_check.engine_tool = engine_tool
 sys.exit(pytest.main(["-q", "-rs", "-p", "no:cacheprovider", "--basetemp", {str(tmp_path / "t")!r},
                       {str(root / "tests" / "test_gpu.py")!r}, "-k", "engines"]))
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root)
+    env = {**os.environ, "GENGUARD_TEST_BUILD": str(tiny_build)}  # this run's build: the inner run makes none
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root, env=env)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     assert "no trtexec and no TensorRT Python module" in done.stdout and "skipped" not in done.stdout.lower()

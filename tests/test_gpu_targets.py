@@ -690,14 +690,14 @@ def test_dockerfile_pins_an_ngc_release_whose_dali_the_tests_run():
     args = dockerfile_args()
     base = re.search(r"^FROM (\S+)$", text, re.M).group(1)
     base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
-    # the versions, written out with their sources in the Dockerfile, docker/README.md and README.md
+    # the versions, written out with their sources in the Dockerfile, docker/README.md and docs/gpu.md
     assert base == "nvcr.io/nvidia/tritonserver:26.06-py3"
     assert (args["TRITON_VERSION"], args["DALI_VERSION"], args["ORT_VERSION"], args["CUDA_VERSION"]) == (
         "2.70.0", "2.1.1", "1.24.4", "13.3.0")
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert f'"nvidia-dali-cuda120=={args["DALI_VERSION"]}"' in pyproject  # tests pin exactly the image's DALI
     assert _dali().__version__ == args["DALI_VERSION"]
-    for name in ("README.md", "docker/README.md"):
+    for name in ("docs/gpu.md", "docker/README.md"):
         doc = (ROOT / name).read_text()
         assert all(v in doc for v in ("26.06", "2.70.0", "2.1.1", "1.24.4", "13.3.0")), name
     # the build fails on a pipeline the container's DALI can't build, not the first start

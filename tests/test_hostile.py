@@ -19,6 +19,10 @@ from genguard.scores import head_probs
 
 pytestmark = pytest.mark.server
 CASES = hostile.cases(TEST_MAX_BYTES)
+# The fast tier runs one case of each kind (refused bytes, a broken image, a bomb, an odd but valid image);
+# the slow tier (make test-all, CI) runs them all.
+FAST = {"truncated_jpeg", "random_bytes", "png_bomb_100k", "over_byte_limit", "rgba"}
+assert FAST <= set(CASES), FAST - set(CASES)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +58,7 @@ def assert_correct(doc: dict, expected: dict) -> None:
             assert np.allclose(served, expected[name][head.name], atol=1e-5), (name, head.name)
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [c if c in FAST else pytest.param(c, marks=pytest.mark.slow) for c in CASES])
 def test_hostile_input_between_good_neighbours(triton, local, case):
     data, expected = CASES[case]
     left, right = samples.photos()["coins.png"], samples.photos()["rocket.jpg"]
@@ -69,6 +73,7 @@ def test_hostile_input_between_good_neighbours(triton, local, case):
     assert_correct(docs[2], local(right))
 
 
+@pytest.mark.slow  # four rounds of every case, with memory measured
 def test_all_hostile_inputs_at_once_keep_the_server_ready_and_memory_bounded(triton):
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     names = list(CASES)

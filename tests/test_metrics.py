@@ -146,6 +146,7 @@ def test_every_family_is_published_with_its_type(triton):
 
 
 @pytest.mark.server
+@pytest.mark.slow  # a server of its own
 def test_validate_step_counts_its_refusals(tiny_build, tmp_path):
     """The GPU targets' entry step (python backend, CPU) served alone by the real tritonserver: its
     refusals land in genguard_image_failures_total{model="validate"} (the DALI step and the engines

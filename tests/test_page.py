@@ -27,7 +27,7 @@ import hostile
 from genguard.calibration.dataset import load_labelled
 from test_gateway import KEY, ROOT, auth, png, start_gateway
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.gateway, pytest.mark.browser]
 
 CHROMIUM = os.environ.get("GENGUARD_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = ROOT / "build" / "screenshots"

@@ -164,10 +164,10 @@ def test_random_weights_are_loud_in_the_log(triton):
         assert re.search(rf"RANDOM WEIGHTS: detector {name} serves random weights", log), name
 
 
-@pytest.mark.parametrize("damage, message", [
+@pytest.mark.parametrize("damage, message", [  # a server of its own each: one in the fast tier
     ("corrupt", "changed since the repository was rendered"),
-    ("swapped", "changed since the repository was rendered"),  # a valid ONNX model, but not the checked one
-    ("missing", "is missing"),
+    pytest.param("swapped", "changed since the repository was rendered", marks=pytest.mark.slow),  # valid ONNX, not the checked one
+    pytest.param("missing", "is missing", marks=pytest.mark.slow),
 ])
 def test_startup_fails_clearly_when_a_model_file_is_bad(tiny_build, tmp_path, damage, message):
     """Render a good repository, damage one detector's model.onnx, and start: the server must refuse."""
@@ -210,6 +210,7 @@ def test_served_fusion_equals_in_process_default(triton):
     assert_served_equals_in_process(docs, Fuser(detectors, FusionConfig(), {}))
 
 
+@pytest.mark.slow  # a server of its own
 def test_served_fusion_equals_in_process_generator_less_max_with_weights_and_margin(tiny_build, tmp_path):
     from conftest import start_server
     from genguard.fusion import FusionConfig, Fuser

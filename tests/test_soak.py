@@ -16,7 +16,8 @@ from genguard.benchmarks import soak
 from genguard.export import samples
 from genguard.export.repository import CpuOptions, QueuePolicy
 
-pytestmark = pytest.mark.server
+# The slow tier (make test-all, CI): a short soak and a burst, on a server of their own.
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 def test_short_soak_loses_and_duplicates_nothing(triton):

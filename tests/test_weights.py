@@ -273,6 +273,7 @@ def _png() -> bytes:
 
 
 @pytest.mark.server
+@pytest.mark.slow  # exports all six detectors from a seeded hub cache, then make serve
 def test_offline_default_export_serves_real_weights_and_names_the_revision(tiny_build, tmp_path, capsys):
     from genguard import server
     from genguard.client import Client
