@@ -15,10 +15,10 @@ images (genguard.export.samples: 23 photos and edge cases):
   - runs it and compares its probabilities with ONNX Runtime FP32 (the served default) and with the seed's
     reference pipeline (the card's preprocessing + PyTorch, on the checkpoint the export names): max |Δprob|,
     top-1 agreement, worst image;
-  - times it against FP32 (batch 1, interleaved), the figure `--precision best` ranks by, with the engines
-    configured as served: ONNX Runtime's idle threads not spinning (a spinning pool steals the cores from the
-    engine timed after it: benchmarks/results/bf16-why.md) and --threads intra-op threads (make serve's
-    ORT_THREADS; 0: each engine's default, every core);
+  - times it against FP32 (batch 1, the two alternating image by image), the figure `--precision best` ranks
+    by, with the engines configured as served: ONNX Runtime's idle threads not spinning (a spinning pool steals
+    the cores from the engine timed after it: benchmarks/results/bf16-why.md) and --threads intra-op threads
+    (make serve's ORT_THREADS; 0: each engine's default, every core);
   - records all of it in parity.json["cpu_options"][option] with the sha256 of the file and of model.onnx,
     the CPU it ran on, the threads and the load average while it ran, atomically.
 An option outside the budget (max |Δprob| ≤ 1e-2 and top-1 agreement ≥ 99 %, both against FP32 and
@@ -136,16 +136,19 @@ def _probs(spec, engine: engines.Engine, pixels: np.ndarray, batch: int = 4) -> 
 
 
 def _speed(engines_by_name: dict[str, engines.Engine], pixels: np.ndarray, rounds: int = 2) -> dict[str, float]:
-    """Images/s at batch 1, every engine in turn round after round (the machine's drift hits all alike)."""
+    """Images/s at batch 1, the engines alternating image by image, round after round: whatever else runs on the
+    machine hits them alike. (Timing each engine on all the images in turn let a burst of other work land on one
+    engine only: on a shared 2-core machine the ratio of the same two engines then ranged 0.3×–1.7× from round to
+    round, against 1.4×–1.6× alternating image by image; benchmarks/results/bf16-why.md.)"""
     seconds = dict.fromkeys(engines_by_name, 0.0)
     for engine in engines_by_name.values():
         engine.run(None, {"pixels": pixels[:1]})  # warm-up
     for _ in range(rounds):
-        for name, engine in engines_by_name.items():
-            t0 = time.perf_counter()
-            for i in range(len(pixels)):
+        for i in range(len(pixels)):
+            for name, engine in engines_by_name.items():
+                t0 = time.perf_counter()
                 engine.run(None, {"pixels": pixels[i:i + 1]})
-            seconds[name] += time.perf_counter() - t0
+                seconds[name] += time.perf_counter() - t0
     return {name: rounds * len(pixels) / s for name, s in seconds.items()}
 
 
@@ -257,7 +260,8 @@ def measure_detector(build: Path, name: str, options: list[str], *, images: dict
                 record["skipped"] = ("dynamic INT8 misses its tolerance vs FP32 (max |Δprob| "
                                      f"{failed.get('max_abs_prob', float('nan')):.1e}; parity.json[\"int8_failed\"])")
             elif not check.get("quantized_nodes"):
-                record["skipped"] = "no MatMul/Gemm carries the compute (a CNN): model.int8.onnx computes what FP32 does"
+                record["skipped"] = ("no MatMul/Gemm carries the compute (a CNN): model.int8.onnx computes what "
+                                     "FP32 does")
             if "skipped" in record:
                 say(f"{step}: skipped: {record['skipped']}")
                 continue
