@@ -70,6 +70,15 @@ def blocks(path: Path, root: Path = ROOT) -> list[Snippet]:
     return out
 
 
+def apply_diff(code: str, diff: str) -> str:
+    """A ```diff block applied to a snippet: each `-line` replaced, in order, by the `+lines` after it."""
+    out = code
+    for removed, added in re.findall(r"^-(.*)\n((?:\+.*\n?)+)", diff, re.M):
+        assert removed + "\n" in out, f"the diff removes a line the snippet doesn't have: {removed!r}"
+        out = out.replace(removed + "\n", "".join(line[1:] + "\n" for line in added.splitlines()), 1)
+    return out
+
+
 def snippets(root: Path = ROOT) -> list[Snippet]:
     """Every python/sh block of the docs, in reading order."""
     return [s for path in doc_files(root) for s in blocks(path, root) if s.lang in RUNNABLE]

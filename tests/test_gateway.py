@@ -23,6 +23,7 @@ import requests
 from PIL import Image
 
 import hostile
+import snippets
 from conftest import TEST_MAX_BYTES, free_ports
 from genguard.client import Client
 
@@ -32,23 +33,20 @@ HIVE = "/v1/cv/hive/ai-generated-image-detection"
 KEY = "gk-" + "7f3a9c1e5b2d4f60" * 2
 ROOT = Path(__file__).resolve().parents[1]
 
-# Hive's NIM card snippet (Python, requests); only {url} and {key} are filled in.
-HIVE_SNIPPET = '''
-import base64, requests
-invoke_url = "{url}"
-with open("{image}", "rb") as f:
-    image_b64 = base64.b64encode(f.read()).decode()
-headers = {{
-    "Content-Type": "application/json",
-    "Authorization": "Bearer {key}",
-    "Accept": "application/json",
-}}
-payload = {{"input": [f"data:image/png;base64,{{image_b64}}"]}}
-response = requests.post(invoke_url, headers=headers, json=payload)
-response.raise_for_status()
-response_body = response.json()
-print(response_body)
-'''
+# Hive's NIM card snippet and the diff that points it at GenGuard, both as docs/rest-api.md shows them.
+REST_PAGE = ROOT / "docs" / "rest-api.md"
+GATEWAY_EXAMPLE = "https://genguard.example.com"  # the diff's placeholder host
+KEY_PLACEHOLDER = "<a key from the gateway's keys file>"
+
+
+def hive_snippet(url: str, key: str) -> str:
+    """The page's Hive snippet with the page's diff applied; the diff's example host and key filled in."""
+    page = snippets.blocks(REST_PAGE)
+    hive = next(b for b in page if b.lang == "python" and "ai.api.nvidia.com" in b.code)
+    diff = next(b for b in page if b.lang == "diff" and b.line > hive.line)
+    code = snippets.apply_diff(hive.code, diff.code)
+    assert "ai.api.nvidia.com" not in code and GATEWAY_EXAMPLE in code and KEY_PLACEHOLDER in code
+    return code.replace(GATEWAY_EXAMPLE, url).replace(KEY_PLACEHOLDER, key)
 
 
 def png(seed: int, size=(64, 48)) -> bytes:
@@ -172,9 +170,9 @@ def assert_error(response, status: int, code: str) -> dict:
 def test_hive_snippet_runs_unchanged_but_url_and_key(gateway, triton, tmp_path):
     image = tmp_path / "image.png"
     image.write_bytes(png(1))
-    code = HIVE_SNIPPET.format(url=gateway.url + HIVE, key=KEY, image=image)
-    out = subprocess.run([sys.executable, "-c", code + "\nimport json; print(json.dumps(response_body))"],
-                         capture_output=True, text=True, timeout=60)
+    code = hive_snippet(gateway.url, KEY)
+    out = subprocess.run([sys.executable, "-c", code + "\nimport json; print(json.dumps(response.json()))"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)  # it opens "image.png"
     assert out.returncode == 0, out.stderr
     body = json.loads(out.stdout.strip().splitlines()[-1])
     assert list(body) == ["data"] and len(body["data"]) == 1
