@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import sys
 import tempfile
 import time
@@ -22,20 +21,10 @@ from pathlib import Path
 
 from genguard import explanations, protocol, specs
 from genguard.export.families import is_cnn
+from genguard.benchmarks import report
 
 
 COMPANION = "sumsub_sd"
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _rate(url: str, model: str, images: list[bytes], batch: int) -> tuple[float, int]:
@@ -65,7 +54,7 @@ def bench_detector(build: Path, name: str, images: list[bytes], batch: int, work
     # fusion needs a binary head: a detector without one is served with the cheapest one beside it
     served = [name] if spec.head("binary") else [COMPANION, name]
     repository = render("cpu", build, workdir / f"repo-{name}", detectors=served, explain=True)
-    ports = server.Ports(*_free_ports(3))
+    ports = server.Ports(*server.free_ports(3))
     log = workdir / f"tritonserver-{name}.log"
     process = server.start(repository, workdir / f"home-{name}", ports=ports, log_file=log)
     try:
@@ -86,16 +75,14 @@ def bench_detector(build: Path, name: str, images: list[bytes], batch: int, work
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [f"# genguard_explain vs genguard, cpu target ({meta['build']})", "",
-             f"{meta['machine']}; batches of {meta['batch']}; one detector served at a time; {meta['weights']}.", "",
-             "| detector | method | forward passes / image | images | genguard img/s | genguard_explain img/s | slowdown |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        also = f" (+ `{r['served_with'][0]}`)" if r.get("served_with") else ""
-        lines.append(f"| `{r['detector']}`{also} | {r['method']} | {r['forward_passes_per_image']} | {r['images']} | "
-                     f"{r['genguard_images_per_s']:.2f} | {r['genguard_explain_images_per_s']:.2f} | "
-                     f"{r['slowdown']:.1f}× |")
-    return "\n".join(lines) + "\n"
+    named = [{**r, "name": f"`{r['detector']}`" + (f" (+ `{r['served_with'][0]}`)" if r.get("served_with") else "")}
+             for r in rows]
+    columns = [("name", "detector", ""), ("method", "method", ""), ("forward_passes_per_image", "forward passes / image", ""),
+               ("images", "images", "int"), ("genguard_images_per_s", "genguard img/s", ".2f"),
+               ("genguard_explain_images_per_s", "genguard_explain img/s", ".2f"), ("slowdown", "slowdown", "x")]
+    return "\n".join([f"# genguard_explain vs genguard, cpu target ({meta['build']})", "",
+                      f"{meta['machine']}; batches of {meta['batch']}; one detector served at a time; {meta['weights']}.",
+                      "", report.markdown_table(named, columns)]) + "\n"
 
 
 def main(argv=None) -> int:

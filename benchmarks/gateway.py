@@ -275,11 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     process = None
     gateway_url = args.gateway_url
     if gateway_url is None:
-        import socket
+        from genguard.server import free_ports
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        (port,) = free_ports(1)
         process = _start_gateway(args.grpc_url, port)
         gateway_url = f"http://127.0.0.1:{port}"
     cpu: dict = {}

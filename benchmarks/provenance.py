@@ -24,7 +24,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import machine
+from . import machine, report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -88,16 +88,17 @@ def markdown(result: dict) -> str:
              f"Run: {result['started']}; {result['repeats']} repeats of each image after a warm-up pass; "
              f"ensemble time per image {result['ensemble_ms']:.0f} ms ({result['ensemble_source']}).", "",
              "## Machine", "", machine.describe_markdown(result["machine"]), "",
-             "## Per image", "",
-             "| images | count | mean size | C2PA state | median ms | p99 ms | share of ensemble (median) | target |",
-             "|---|---:|---:|---|---:|---:|---:|---|"]
+             "## Per image", ""]
+    rows = []
     for label, row in result["sets"].items():
         share = row["median_ms"] / result["ensemble_ms"]
-        target = ("≤ 2 %: " + ("met" if share <= 0.02 else "NOT met")) if label == "no C2PA" else "—"
-        lines.append(f"| {label} | {row['images']} | {row['mean_bytes'] / 1024:.0f} KiB | "
-                     f"{', '.join(row['c2pa_states'])} | {row['median_ms']:.3f} | {row['p99_ms']:.3f} | "
-                     f"{share * 100:.3f} % | {target} |")
-    return "\n".join(lines) + "\n"
+        rows.append({**row, "label": label, "kib": row["mean_bytes"] / 1024, "states": ", ".join(row["c2pa_states"]),
+                     "share": share, "target": ("≤ 2 %: " + ("met" if share <= 0.02 else "NOT met"))
+                     if label == "no C2PA" else "—"})
+    columns = [("label", "images", ""), ("images", "count", "int"), ("kib", "mean size KiB", ".0f"),
+               ("states", "C2PA state", ""), ("median_ms", "median ms", ".3f"), ("p99_ms", "p99 ms", ".3f"),
+               ("share", "share of ensemble (median)", "pct"), ("target", "target", "")]
+    return "\n".join([*lines, report.markdown_table(rows, columns)]) + "\n"
 
 
 def main(argv=None) -> int:

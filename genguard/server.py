@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import secrets
 import signal
 import subprocess
@@ -30,6 +31,19 @@ class Ports:
     http: int = HTTP_PORT
     grpc: int = GRPC_PORT
     metrics: int = METRICS_PORT
+
+
+def free_ports(count: int, host: str = HOST) -> list[int]:
+    """`count` distinct ports free on `host` now (bound together, then released), for servers of tests and
+    benchmarks that must not meet a running `make serve`."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def server_args(repository: Path | str, *, ports: Ports = Ports(), host: str = HOST, production: bool = False,

@@ -16,6 +16,7 @@ from typing import Callable
 import pytest
 
 from genguard import specs
+from genguard.server import free_ports  # noqa: F401  (the tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,19 +106,6 @@ def checkpoint_path(build: Path, name: str) -> Path:
 
 
 TEST_MAX_BYTES = 4 << 20
-
-
-def free_ports(count: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @dataclass
