@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from genguard import engines, specs
+from genguard.export import layout
 
 CONFIGS = {  # label -> (option, arena)
     "ort-fp32 arena on": ("ort-fp32", True),
@@ -71,19 +72,17 @@ def measure(path: Path, option: str, arena: bool, shape: tuple, batches: list[in
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genguard.benchmarks.arena", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--build", type=Path, default=Path("build"))
-    parser.add_argument("--detectors", default="")
+    layout.add_build_arguments(parser, "every exported one")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--runs", type=int, default=8, help="timed runs per batch size")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--tag", default="", help="output name suffix (default: the build folder's name)")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",") if b]
-    names = [n for n in args.detectors.split(",") if n] or [
-        n for n in specs.DETECTORS if (args.build / "onnx" / n / "model.onnx").is_file()]
+    names = layout.chosen(args.detectors, lambda: layout.exported(args.build, engines.FP32_FILE))
     rows = []
     for name in names:
-        path = args.build / "onnx" / name / "model.onnx"
+        path = layout.onnx_folder(args.build, name) / engines.FP32_FILE
         shape = specs.get(name).input.shape
         for label, (option, arena) in CONFIGS.items():
             if engines.missing_instructions(engines.get(option)):

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from genguard import explanations, protocol, specs
+from genguard.export import layout
 from genguard.export.families import is_cnn
 from genguard.benchmarks import report
 
@@ -88,8 +89,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genguard.benchmarks.explain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--build", type=Path, default=Path("build"))
-    parser.add_argument("--detectors", default="", help="comma-separated (default: every exported detector)")
+    layout.add_build_arguments(parser, "every exported one")
     parser.add_argument("--images", type=int, default=12, help="photos per run for the CNNs (default 12)")
     parser.add_argument("--occlusion-images", type=int, default=4, help="photos per run for occlusion (default 4)")
     parser.add_argument("--batch", type=int, default=4)
@@ -98,8 +98,7 @@ def main(argv=None) -> int:
     from genguard.export import samples
 
     photos = list(samples.photos().values())
-    names = [n for n in args.detectors.split(",") if n] or [
-        n for n in specs.DETECTORS if (args.build / "onnx" / n / "parity.json").is_file()]
+    names = layout.chosen(args.detectors, lambda: layout.exported(args.build))
     rows = []
     with tempfile.TemporaryDirectory(prefix="genguard-explain-bench-") as tmp:
         for name in names:
@@ -108,7 +107,7 @@ def main(argv=None) -> int:
             row = bench_detector(args.build, name, images, args.batch, Path(tmp))
             print(json.dumps(row), flush=True)
             rows.append(row)
-    weights = {json.loads((args.build / "onnx" / n / "parity.json").read_text())["weights"] for n in names}
+    weights = {layout.read_parity(layout.onnx_folder(args.build, n))["weights"] for n in names}
     meta = {"build": str(args.build), "batch": args.batch, "weights": "/".join(sorted(weights)) + " weights",
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)", "python": sys.version.split()[0]}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from genguard import specs
+from genguard.export import layout
 from genguard.export.checkpoints import RANDOM_WARNING, CheckpointMismatch, write_random_checkpoint
 from genguard.export.onnx_export import export_detector
 from genguard.export.weights import cached_commit, is_hub_id, split_revision
@@ -144,7 +145,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
     for spec in chosen:
         if args.weights == "random":
-            source = write_random_checkpoint(spec, args.build / "checkpoints" / spec.name, tiny=args.tiny)
+            source = write_random_checkpoint(spec, layout.checkpoint_folder(args.build, spec.name), tiny=args.tiny)
         else:
             source = checkpoints.get(spec.name, spec.source)
             if spec.name in revisions:  # hub id@revision (timm's spelling); a local path has no revision
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", category=UserWarning)  # the random marker is already loud
-                results.append(export_detector(spec, source, args.build / "onnx"))
+                results.append(export_detector(spec, source, layout.onnx_dir(args.build)))
         except Exception as exc:  # one detector's bad checkpoint fails it alone; the others still export
             kind = "" if isinstance(exc, (CheckpointMismatch, RuntimeError, OSError)) else f"{type(exc).__name__}: "
             print(f"FAILED {spec.name}: {kind}{exc}", file=sys.stderr)

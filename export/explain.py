@@ -38,7 +38,9 @@ from genguard.export import samples
 from genguard.checksums import sha256_file as sha256
 from genguard.export.checkpoints import HeadsModule, is_random, load
 from genguard.export.families import family_of, is_cnn
-from genguard.export.onnx_export import OPSET, write_atomic
+from genguard.export import layout
+from genguard.export.layout import install_checked
+from genguard.export.onnx_export import OPSET
 from genguard.protocol import DETECTOR_INPUT
 from genguard.preprocess import preprocess_bytes
 from genguard.specs import DetectorSpec
@@ -256,13 +258,10 @@ def export_explain(spec: DetectorSpec, source: str | Path, out_dir: Path, *, ima
             "passed": figures["max_abs_map"] <= CAM_ATOL and figures["max_abs_logit_vs_pytorch"] <= LOGIT_ATOL,
             "seconds": round(time.perf_counter() - started, 1),
         }
+        install_checked(partial, final, record, folder / RECORD_FILE, folder / FAILED_RECORD_FILE)
         if not record["passed"]:
-            write_atomic(folder / FAILED_RECORD_FILE, json.dumps(record, indent=2) + "\n")
             raise RuntimeError(f"{spec.name}: explain.onnx outside tolerance (map {figures['max_abs_map']:.3g}, "
                                f"logits {figures['max_abs_logit_vs_pytorch']:.3g}); figures in {FAILED_RECORD_FILE}")
-        os.replace(partial, final)
-        write_atomic(folder / RECORD_FILE, json.dumps(record, indent=2) + "\n")
-        (folder / FAILED_RECORD_FILE).unlink(missing_ok=True)
         return record
     finally:
         partial.unlink(missing_ok=True)
@@ -271,8 +270,8 @@ def export_explain(spec: DetectorSpec, source: str | Path, out_dir: Path, *, ima
 def recorded_checkpoint(build: Path, name: str) -> str:
     """The checkpoint model.onnx was exported from; a random build moved elsewhere keeps its checkpoints
     under <build>/checkpoints/<name>."""
-    source = json.loads((build / "onnx" / name / "parity.json").read_text())["checkpoint"]
-    local = build / "checkpoints" / name
+    source = layout.read_parity(layout.onnx_folder(build, name))["checkpoint"]
+    local = layout.checkpoint_folder(build, name)
     if not Path(source).exists() and local.is_dir() and is_random(local):
         return str(local)
     return source
@@ -283,13 +282,13 @@ def export_missing(build: Path, names: list[str] | None = None) -> dict[str, str
     (make serve EXPLAIN=1). Returns detector -> problem for those that could not be exported: they are
     then served without maps, saying why."""
     problems = {}
-    onnx_dir = build / "onnx"
-    for name in names or list(specs.DETECTORS):
+    for name in names or layout.exported(build):
         spec = specs.get(name)
-        if not is_cnn(spec) or not (onnx_dir / name / "parity.json").is_file() or load_record(onnx_dir / name):
+        if not is_cnn(spec) or not layout.read_parity(layout.onnx_folder(build, name)) or load_record(
+                layout.onnx_folder(build, name)):
             continue
         try:
-            export_explain(spec, recorded_checkpoint(build, name), onnx_dir)
+            export_explain(spec, recorded_checkpoint(build, name), layout.onnx_dir(build))
         except Exception as exc:  # the others still export; render marks this one unavailable
             problems[name] = str(exc)
             log.error("%s: explain.onnx not exported: %s", name, exc)
@@ -299,15 +298,12 @@ def export_missing(build: Path, names: list[str] | None = None) -> dict[str, str
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genguard.export.explain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--build", type=Path, default=Path("build"))
-    parser.add_argument("--detectors", default="", help="comma-separated subset (default: every CNN exported)")
+    layout.add_build_arguments(parser, "every CNN exported")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH_OR_HUB_ID",
                         help="checkpoint for one detector (default: the one its parity.json records)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    onnx_dir = args.build / "onnx"
-    wanted = [n for n in args.detectors.split(",") if n] or [
-        n for n, s in specs.DETECTORS.items() if is_cnn(s) and (onnx_dir / n / "parity.json").is_file()]
+    wanted = layout.chosen(args.detectors, lambda: layout.exported(args.build, keep=lambda n: is_cnn(specs.get(n))))
     given = dict(v.split("=", 1) for v in args.checkpoint)
     status = 0
     print(f"{'detector':<20} {'head':<8} {'max |dmap| vs pytorch-grad-cam':>31} {'photos':>7}")
@@ -317,7 +313,8 @@ def main(argv=None) -> int:
             print(f"{name}: not a CNN (served with occlusion, nothing to export)", file=sys.stderr)
             continue
         try:
-            record = export_explain(spec, given.get(name) or recorded_checkpoint(args.build, name), onnx_dir)
+            record = export_explain(spec, given.get(name) or recorded_checkpoint(args.build, name),
+                                    layout.onnx_dir(args.build))
         except Exception as exc:  # one detector's failure is reported, the others still export
             print(f"{name}: {exc}", file=sys.stderr)
             status = 1

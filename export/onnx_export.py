@@ -19,6 +19,7 @@ from genguard.engines import FP32_FILE, INT8_FILE
 from genguard.export import samples
 from genguard.checksums import sha256_file as sha256
 from genguard.export.checkpoints import HeadsModule, is_random, load
+from genguard.export.layout import FAILED_PARITY_FILE, PARITY_FILE, install_checked, write_atomic  # noqa: F401
 from genguard.export.reference import ReferencePipeline, open_rgb
 from genguard.preprocess import preprocess_bytes
 from genguard.scores import head_probs
@@ -132,17 +133,6 @@ def module_source(module: HeadsModule) -> str | None:
     return getattr(module, "source", None)
 
 
-PARITY_FILE = "parity.json"
-FAILED_PARITY_FILE = "parity.failed.json"  # figures of the last export that failed its check
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `path` through a temporary sibling and a rename: a reader sees the old file or the new one."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
 def export_detector(
     spec: DetectorSpec,
     source: str | Path | None,
@@ -194,18 +184,15 @@ def export_detector(
             "passed": worst <= spec.prob_atol,
             "seconds": round(time.perf_counter() - started, 1),
         }
+        if parity["passed"]:  # an INT8 model quantised from the previous FP32 model has no check that vouches for it
+            (folder / INT8_FILE).unlink(missing_ok=True)
+        install_checked(partial, onnx_path, parity, folder / PARITY_FILE, folder / FAILED_PARITY_FILE)
         if not parity["passed"]:
-            write_atomic(folder / FAILED_PARITY_FILE, json.dumps(parity, indent=2) + "\n")
             kept = "the previous export is untouched" if onnx_path.is_file() else "nothing was installed"
             raise RuntimeError(
                 f"{spec.name}: export outside tolerance: max |dprob| {worst:.3g} > {spec.prob_atol}; {kept} "
                 f"(figures in {folder / FAILED_PARITY_FILE})"
             )
-        # An INT8 model quantised from the previous FP32 model no longer has a check that vouches for it.
-        (folder / INT8_FILE).unlink(missing_ok=True)
-        os.replace(partial, onnx_path)
-        write_atomic(folder / PARITY_FILE, json.dumps(parity, indent=2) + "\n")
-        (folder / FAILED_PARITY_FILE).unlink(missing_ok=True)
         return parity
     finally:
         partial.unlink(missing_ok=True)

@@ -28,6 +28,7 @@ import numpy as np
 
 from genguard import onnx_runtime
 from genguard.engines import FP32_FILE, INT8_FILE
+from genguard.export import layout
 from genguard.export.flops import node_flops
 from genguard.scores import head_probs
 
@@ -119,11 +120,12 @@ def quantize_detector(build: Path, name: str, *, images: dict[str, bytes] | None
 
     from genguard import specs
     from genguard.export import samples
-    from genguard.export.onnx_export import sha256, write_atomic
+    from genguard.checksums import sha256_file as sha256
+    from genguard.export.layout import write_atomic
     from genguard.preprocess import preprocess_bytes
 
-    folder = Path(build) / "onnx" / name
-    fp32, int8, parity_path = folder / FP32_FILE, folder / INT8_FILE, folder / "parity.json"
+    folder = layout.onnx_folder(build, name)
+    fp32, int8, parity_path = folder / FP32_FILE, folder / INT8_FILE, folder / layout.PARITY_FILE
     final, int8 = int8, folder / f".model.int8.{os.getpid()}.partial.onnx"  # moved into place only if it passes
     if not fp32.is_file() or not parity_path.is_file():
         raise FileNotFoundError(f"{name}: no export in {folder} (run make export first)")
@@ -191,22 +193,18 @@ def quantize_detector(build: Path, name: str, *, images: dict[str, bytes] | None
 def main(argv=None) -> int:
     import argparse
 
-    from genguard import specs
-
     parser = argparse.ArgumentParser(prog="python -m genguard.export.quantize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--build", type=Path, default=Path("build"))
-    parser.add_argument("--detectors", default="", help="comma-separated subset (default: every exported one)")
+    layout.add_build_arguments(parser, "every exported one")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="max |dprob| vs FP32 (default 1e-2)")
     parser.add_argument("--budget", type=float, default=None,
                         help="max |dprob| the search may spend on its images (default: tolerance / 2)")
     parser.add_argument("--min-share", type=float, default=MIN_SHARE,
                         help="quantise MatMul/Gemm nodes carrying at least this share of the FLOPs")
     args = parser.parse_args(argv)
-    names = [n for n in args.detectors.split(",") if n] or [
-        n for n in specs.DETECTORS if (args.build / "onnx" / n / FP32_FILE).is_file()]
+    names = layout.chosen(args.detectors, lambda: layout.exported(args.build, FP32_FILE))
     if not names:
-        print(f"no exported detectors under {args.build / 'onnx'} (run make export first)", file=sys.stderr)
+        print(f"no exported detectors under {layout.onnx_dir(args.build)} (run make export first)", file=sys.stderr)
         return 1
     header = f"{'detector':<18} {'nodes':>5} {'FLOP share':>10} {'|dlogit|':>9} {'|dprob|':>9} {'top1':>5} {'ok':>3}"
     rows, failed = [], []

@@ -20,6 +20,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from genguard import protocol, specs, triton_models
 from genguard.checksums import sha256_file
 from genguard.engines import FP32_FILE, INT8_FILE
+from genguard.export import layout
 from genguard.fusion import FusionConfig, nsfw_labels, source_names
 from genguard.specs import DetectorSpec
 
@@ -70,8 +71,8 @@ def find_exports(build: Path, detectors: list[str] | None = None) -> list[Export
     names = detectors or [s.name for s in specs.DETECTORS.values()]
     for name in names:
         spec = specs.get(name)
-        folder = build / "onnx" / name
-        onnx_path, parity_path = folder / FP32_FILE, folder / "parity.json"
+        folder = layout.onnx_folder(build, name)
+        onnx_path, parity_path = folder / FP32_FILE, folder / layout.PARITY_FILE
         if not onnx_path.is_file() or not parity_path.is_file():
             if spec.optional and not detectors:
                 continue

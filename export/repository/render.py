@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from genguard import specs
+from genguard.export import layout
 from genguard.fusion import FusionConfig, nsfw_labels, source_names
 from genguard.preprocess import DecodeLimits
 from genguard.provenance import ProvenanceConfig
@@ -40,7 +41,7 @@ def render(target: str, build: Path, out: Path | None = None, *, detectors: list
         fusion.check_detectors([d.spec for d in dets])
     except ValueError as exc:
         raise RepositoryError(f"cannot render the repository: {exc}") from None
-    out = Path(out) if out else build / "model_repository" / target
+    out = Path(out) if out else layout.repository_folder(build, target)
     _check_replaceable(out)
     staging = out.parent / f".{out.name}.rendering-{os.getpid()}"
     if staging.exists():
