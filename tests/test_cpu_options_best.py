@@ -150,7 +150,8 @@ def test_records_of_another_model_onnx_are_stale_never_reused(measured, tmp_path
 
     choice = cpu_options.choose_best(edited(measured, tmp_path, other_weights))
     assert choice.option == "ort-fp32"
-    assert choice.why.startswith("stale cpu-options record (") and "measured for another model.onnx (sha256 differs)" in choice.why
+    assert choice.why.startswith("stale cpu-options record (")
+    assert "measured for another model.onnx (sha256 differs)" in choice.why
     assert "ort-int8-qdq" in choice.why and "run `make cpu-options`" in choice.why
     assert choice.remeasure.startswith("stale records")
 
@@ -327,3 +328,28 @@ def test_serve_best_without_records_names_the_fallback_at_start_and_in_health(ti
     finally:
         if pid:
             server.stop_pid(pid)
+
+
+# ---------------------------------------------------------------------------------------------------
+# benchmarks/bf16_why.py: the side-by-side table that explains the BF16 figures
+
+
+def test_bf16_why_names_the_cpu_and_measures_every_engine(tiny_build, tmp_path):
+    from genguard.benchmarks import bf16_why
+
+    out = tmp_path / "bf16-why.md"
+    assert bf16_why.main(["--build", str(tiny_build), "--detectors", "sumsub_sd", "--batches", "1", "--rounds", "1",
+                          "--calls", "1", "--ratio-images", "1", "--gemm-n", "128", "--no-contention",
+                          "--out", str(out)]) == 0
+    text = out.read_text()
+    assert f"- CPU: {cpus.cpu_model().split(' (')[0]}" in text and "flags deciding the CPU options:" in text
+    result = json.loads(out.with_suffix(".json").read_text())
+    rows = result["detectors"][0]["side_by_side"]["1"]
+    expected = {"pytorch-fp32", "pytorch-bf16-autocast", "pytorch-bf16 (model.to)", "ort-fp32", "openvino-fp32"}
+    if cpus.capabilities()["bf16"]:
+        expected.add("openvino-bf16")
+        methods = {r["method"] for r in result["detectors"][0]["cpu_options_ratio"]}
+        assert "now: alternating, ORT not spinning" in methods
+        assert set(result["detectors"][0]["profile"]) == {"f32", "bf16"}
+    assert set(rows) == expected and all(r["images_per_s"] > 0 for r in rows.values())
+    assert {r["precision"] for r in result["gemm"]} == {"f32", "bf16", "float32", "bfloat16"}
