@@ -126,7 +126,8 @@ def deciding_line(flags: dict[str, bool]) -> str:
     bf16 = ("AMX tiles" if flags.get("amx_bf16") else "AVX-512 BF16 dot products (no AMX)" if flags.get("avx512_bf16")
             else "no native BF16: the BF16 options are refused")
     int8 = ("AMX tiles" if flags.get("amx_int8") else "VNNI dot products (no AMX)"
-            if flags.get("avx512_vnni") or flags.get("avx_vnni") else "no VNNI: the INT8 options that need it are refused")
+            if flags.get("avx512_vnni") or flags.get("avx_vnni")
+            else "no VNNI: the INT8 options that need it are refused")
     return f"flags deciding the CPU options: {shown} — BF16 on {bf16}; INT8 on {int8}"
 
 
