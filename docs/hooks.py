@@ -27,8 +27,10 @@ PUBLISHED = ("benchmarks/results/*.png", "benchmarks/results/evaluation-sample/*
 INCLUDED = {"SECURITY.md": "security.md", "deploy/README.md": "kubernetes.md"}
 DASHBOARD = ROOT / "deploy" / "components" / "monitoring" / "genguard-dashboard.json"
 DASHBOARD_PAGE = "operating.md"
-# Every query of the dashboard carries this selector; the page's table shows it as `…`.
-COMMON_SELECTOR = 'service="genguard-metrics",namespace="$namespace",pod=~"$pod"'
+# Every query of the dashboard carries one of these selectors (Triton's metrics Service, the REST gateway's
+# Service); the page's table shows it as `…`.
+COMMON_SELECTORS = ('service="genguard-metrics",namespace="$namespace",pod=~"$pod"',
+                    'service="genguard",namespace="$namespace",pod=~"$pod"')
 
 _published: set[str] = set()
 _LINK = re.compile(r"(\]\()(\.\./[^)\s]+)")
@@ -66,9 +68,11 @@ def dashboard_rows() -> list[tuple[str, str, str, str]]:
             continue
         queries = []
         for target in panel.get("targets", []):
-            expr = target["expr"].replace("{" + COMMON_SELECTOR + "}", "{…}").replace("{" + COMMON_SELECTOR + ",", "{…,")
-            if COMMON_SELECTOR in expr:
-                raise PluginError(f"{DASHBOARD.name}: panel {panel['title']!r}: a selector the table can't shorten")
+            expr = target["expr"]
+            for selector in COMMON_SELECTORS:
+                expr = expr.replace("{" + selector + "}", "{…}").replace("{" + selector + ",", "{…,")
+                if selector in expr:
+                    raise PluginError(f"{DASHBOARD.name}: panel {panel['title']!r}: a selector the table can't shorten")
             queries.append(f"`{expr}`")
         unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "")
         rows.append((section, panel["title"], "<br>".join(queries), f"`{unit}`" if unit else ""))

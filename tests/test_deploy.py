@@ -1,6 +1,6 @@
 """Kubernetes manifests (deploy/): every overlay renders with the real kustomize (`kubectl kustomize`), every
 object validates offline against the Kubernetes API schemas (PyPI kubernetes-validate; the ServiceMonitor CRD
-against the structure checked here), and the deployment policies hold: GPU limit on GPU overlays and none on
+against the structure checked here, the gateway's bearer-token Secret reference included), and the deployment policies hold: GPU limit on GPU overlays and none on
 the CPU one, probes, hardening, graceful shutdown consistent with the server's exit timeout, ports equal to
 genguard.server's constants, the autoscaler wired to the prometheus-adapter rule, and the tritonserver flags
 taken from genguard.server (the one source) rather than copied into the manifests.
@@ -144,6 +144,12 @@ SERVICE_MONITOR_SCHEMA = {
                         "interval": {"type": "string", "pattern": _DURATION},
                         "scrapeTimeout": {"type": "string", "pattern": _DURATION},
                         "honorLabels": {"type": "boolean"},
+                        # SafeAuthorization: the credentials are a SecretKeySelector in the monitor's namespace
+                        "authorization": {"type": "object", "additionalProperties": False, "properties": {
+                            "type": {"type": "string"},
+                            "credentials": {"type": "object", "required": ["key"], "additionalProperties": False,
+                                            "properties": {"key": {"type": "string"}, "name": {"type": "string"},
+                                                           "optional": {"type": "boolean"}}}}},
                     }}},
             }},
     }}
@@ -177,7 +183,7 @@ def test_every_object_validates_offline(rendered, overlay):
 
 def test_service_monitor_scrapes_the_metrics_service(rendered):
     objects = rendered["production"]
-    monitor = one(objects, "ServiceMonitor")
+    monitor = one(objects, "ServiceMonitor", "genguard-server")
     [endpoint] = monitor["spec"]["endpoints"]
     wanted = monitor["spec"]["selector"]["matchLabels"]
     selected = [s for s in objects if s["kind"] == "Service"
@@ -188,12 +194,53 @@ def test_service_monitor_scrapes_the_metrics_service(rendered):
     assert _seconds(endpoint["scrapeTimeout"]) < _seconds(endpoint["interval"])
 
 
+def test_gateway_service_monitor_scrapes_the_gateway_with_its_key(rendered):
+    """The gateway's /metrics needs an API key unless --public-metrics (which the deployment doesn't set: its
+    port is the one the ingress publishes): the ServiceMonitor sends one from a Secret, through the one
+    Service that carries the gateway's port, and the NetworkPolicy lets Prometheus reach that port."""
+    from genguard.gateway.routers import health
+    from genguard.gateway.settings import ENV_PREFIX, Settings
+
+    objects = rendered["production"]
+    monitor = one(objects, "ServiceMonitor", "genguard-gateway")
+    [endpoint] = monitor["spec"]["endpoints"]
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    selected = [s for s in objects if s["kind"] == "Service"
+                and wanted.items() <= s["metadata"].get("labels", {}).items()]
+    assert [s["metadata"]["name"] for s in selected] == ["genguard"]
+    [port] = [p for p in selected[0]["spec"]["ports"] if p["name"] == endpoint["port"]]
+    assert port["port"] == server.GATEWAY_PORT and port["targetPort"] == GATEWAY
+    assert endpoint["path"] in {r.path for r in health.router.routes}
+    assert _seconds(endpoint["scrapeTimeout"]) < _seconds(endpoint["interval"])
+    # the key: a bearer token from a Secret that must exist (not optional: a missing Secret shows as a
+    # skipped ServiceMonitor, not as a silent 401 on every scrape)
+    auth = endpoint["authorization"]
+    assert auth["type"] == "Bearer"
+    assert auth["credentials"] == {"name": "genguard-gateway-metrics", "key": "token"}
+    [gateway] = [c for c in pod_spec(objects)["containers"] if c["name"] == GATEWAY]
+    env = env_of(gateway)
+    assert ENV_PREFIX + "API_KEYS_FILE" in env and ENV_PREFIX + "PUBLIC_METRICS" not in env
+    assert "--public-metrics" not in gateway.get("args", []) and Settings().public_metrics is False
+    # Prometheus (and only the peers that had it before) reaches the gateway's port
+    policy = one(objects, "NetworkPolicy")["spec"]
+    [prometheus] = [r for r in policy["ingress"]
+                    if r["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}]
+    assert {p["port"] for p in prometheus["ports"]} == {"metrics", GATEWAY}
+    # the Secret is documented where the operator creates the others
+    readme = (DEPLOY / "README.md").read_text()
+    assert "kubectl create secret generic genguard-gateway-metrics -n genguard --from-literal=token=" in readme
+    for overlay in ("dev", "cpu"):
+        assert not [o for o in rendered[overlay] if o["kind"] == "ServiceMonitor"], overlay
+
+
 def test_the_servicemonitor_check_catches_typos():
     good = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
             "metadata": {"name": "x", "namespace": "y"},
             "spec": {"selector": {"matchLabels": {"a": "b"}}, "endpoints": [{"port": "metrics", "interval": "15s"}]}}
     jsonschema.validate(good, SERVICE_MONITOR_SCHEMA)
-    for broken in ({"interval": "15 seconds"}, {"paht": "/metrics"}):
+    for broken in ({"interval": "15 seconds"}, {"paht": "/metrics"},
+                   {"authorization": {"type": "Bearer", "credentials": {"name": "s"}}},       # no key
+                   {"authorization": {"type": "Bearer", "credential": {"name": "s", "key": "k"}}}):
         bad = json.loads(json.dumps(good))
         bad["spec"]["endpoints"][0].update(broken)
         with pytest.raises(jsonschema.ValidationError):
@@ -480,11 +527,11 @@ def test_disruption_budget_and_network_policy(rendered, overlay):
         assert peer["podSelector"]["matchLabels"] and "namespaceSelector" in peer
         allowed[json.dumps(peer, sort_keys=True)] = {p["port"] for p in rule["ports"]}
     if overlay != "production":
-        assert sorted(allowed.values(), key=sorted) == [{GATEWAY, "grpc", "http"}, {"metrics"}]
+        assert sorted(allowed.values(), key=sorted) == [{GATEWAY, "grpc", "http"}, {GATEWAY, "metrics"}]
         return
-    # production: from other namespaces only the gateway (and Prometheus's scrapes); Triton's ports
-    # only from this namespace
-    assert sorted(allowed.values(), key=sorted) == [{GATEWAY}, {"grpc", "http"}, {"metrics"}]
+    # production: from other namespaces only the gateway (and Prometheus's scrapes: Triton's metrics, the
+    # gateway's /metrics); Triton's ports only from this namespace
+    assert sorted(allowed.values(), key=sorted) == [{GATEWAY}, {GATEWAY, "metrics"}, {"grpc", "http"}]
     for peer, ports in allowed.items():
         namespaces = json.loads(peer)["namespaceSelector"]
         if ports == {GATEWAY}:

@@ -472,6 +472,17 @@ def test_metrics(gateway):
     assert gateway.metric('genguard_gateway_image_failures_total{reason="truncated"}') == before + 1
     assert gateway.metric(f'genguard_gateway_images_total{{route="{HIVE}",status="SUCCESS"}}') >= 1
     assert gateway.metric(f'genguard_gateway_request_body_bytes_total{{route="{HIVE}"}}') > 0
+    # what the dashboard and the alerts read (deploy/components/monitoring) is what this gateway publishes,
+    # and the probes and scrapes that the gateway alerts leave out carry the route labels they match
+    from test_monitoring import used_metric_names
+
+    requests.get(gateway.url + "/v1/health/live", timeout=10)
+    text = requests.get(gateway.url + "/metrics", headers=auth(), timeout=10).text
+    published = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and line[0] != "#"}
+    used = {n for n in used_metric_names() if n.startswith("genguard_gateway_")}
+    assert len(used) >= 7 and used <= published, used - published
+    for route, code in (("/metrics", "401"), ("/metrics", "200"), ("/v1/health/live", "200")):
+        assert gateway.metric(f'genguard_gateway_requests_total{{code="{code}",route="{route}"}}') >= 1
 
 
 def test_make_serve_starts_and_stop_stops_the_gateway(triton, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Monitoring (deploy/components/monitoring/): the alert rules (PrometheusRule) checked and unit-tested with
 the real promtool on synthetic series, and the Grafana dashboard's JSON checked: its layout, its variables,
-and that every query parses as PromQL and names only metrics that Triton or GenGuard publish.
+and that every query parses as PromQL and names only metrics that Triton, GenGuard's models or its REST
+gateway publish, each from the Service that carries it.
 
 Needs promtool next to this Python or on PATH (`deploy/tools/install-promtool.sh`, which .ci/run runs) and
 kubectl (`deploy/tools/install-kubectl.sh`). No cluster. That the genguard_* and the cpu server's nv_*
@@ -51,6 +52,22 @@ def genguard_metrics() -> set[str]:
     for name, (kind, _, _) in metrics.FAMILIES.items():
         names |= {name + s for s in ("_bucket", "_sum", "_count")} if kind == "HISTOGRAM" else {name}
     return names
+
+
+def gateway_families() -> dict[str, str]:
+    """The REST gateway's metric families (name -> type), from the registry genguard.gateway really builds;
+    tests/test_gateway.py checks the running gateway publishes the ones the dashboard and alerts use."""
+    from genguard.gateway.metrics import Metrics
+
+    class Idle:
+        admitted = forwarding = 0
+
+    return {f.name: f.type for f in Metrics(Idle()).registry.collect() if f.name.startswith("genguard_gateway_")}
+
+
+def gateway_metrics() -> set[str]:
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {name + s for name, kind in gateway_families().items() for s in suffixes[kind]}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -157,12 +174,14 @@ def test_dashboard_layout_and_variables():
             assert used <= set(variables), (panel["title"], used - set(variables))
     titles = " ".join(p["title"] for p in panels).lower()
     for wanted in ("verdict", "source", "nsfw", "is_ai_generated", "failure", "random weights", "queue time",
-                   "compute time", "requests per second", "gpu utilisation", "gpu memory"):
+                   "compute time", "requests per second", "gpu utilisation", "gpu memory",
+                   "gateway requests per second, by route and code", "gateway latency", "429 and 5xx",
+                   "admitted and forwarding"):
         assert wanted in titles, f"no panel for {wanted}"
 
 
 def test_every_dashboard_query_names_a_published_metric():
-    known = TRITON_CPU_METRICS | TRITON_GPU_METRICS | genguard_metrics()
+    known = TRITON_CPU_METRICS | TRITON_GPU_METRICS | genguard_metrics() | gateway_metrics()
     queries = dashboard_queries()
     assert len(queries) >= 20
     used = set()
@@ -174,6 +193,24 @@ def test_every_dashboard_query_names_a_published_metric():
     # every domain family is on the dashboard
     for name, (kind, _, _) in metrics.FAMILIES.items():
         assert any(n == name or n.startswith(name + "_") for n in used), f"{name} is not on the dashboard"
+    for name in gateway_families():  # and every family of the REST gateway
+        assert any(n == name or n.startswith(name + "_") for n in used), f"{name} is not on the dashboard"
+
+
+def test_each_query_reads_the_service_that_publishes_its_metric():
+    """Triton's and the server's series come from Service genguard-metrics, the gateway's from Service
+    genguard (the two ServiceMonitors' targets): a query naming the wrong one would stay empty."""
+    queries = dashboard_queries()
+    for group in rule_groups():
+        for rule in group["rules"]:
+            queries[rule["alert"]] = rule["expr"]
+    gateway = gateway_metrics()
+    for where, expr in queries.items():
+        for name in metric_names(expr) - KUBE_STATE_METRICS:
+            service = "genguard" if name in gateway else "genguard-metrics"
+            for selector in re.findall(r"(?<![\w:])" + re.escape(name) + r"\{([^}]*)\}", expr):
+                assert f'service="{service}"' in selector.split(","), (where, name, selector)
+            assert re.search(re.escape(name) + r"\{", expr), (where, name, "no selector")
 
 
 def test_every_dashboard_query_parses(promtool, tmp_path):
@@ -217,7 +254,8 @@ PROMETHEUS_RULE_SCHEMA = {  # prometheus-operator's PrometheusRule CRD, the part
         }}}}
 
 ALERTS = {"GenGuardImageFailureShareHigh", "GenGuardRequestFailures", "GenGuardRandomWeightsInProduction",
-          "GenGuardQueueTimeAboveTarget", "GenGuardModelNotReady", "GenGuardServerRestarted"}
+          "GenGuardQueueTimeAboveTarget", "GenGuardModelNotReady", "GenGuardServerRestarted",
+          "GenGuardGatewayServerErrors", "GenGuardGatewayQueueFull"}
 
 
 def _promtool() -> str:
@@ -274,13 +312,51 @@ def test_rules_pass_promtool_check(promtool, tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
     alerts = {r["alert"] for g in rule_groups() for r in g["rules"] if "alert" in r}
     assert alerts == ALERTS
-    known = TRITON_CPU_METRICS | genguard_metrics() | KUBE_STATE_METRICS
+    known = TRITON_CPU_METRICS | genguard_metrics() | gateway_metrics() | KUBE_STATE_METRICS
     for group in rule_groups():
         for rule in group["rules"]:
             assert metric_names(rule["expr"]) <= known, (rule["alert"], metric_names(rule["expr"]) - known)
             assert rule["labels"]["severity"] in ("warning", "critical")
             assert {"summary", "description", "runbook"} <= rule["annotations"].keys()
             assert rule["annotations"]["runbook"].endswith(rule["alert"])
+
+
+def test_rules_name_real_panels_and_runbook_entries():
+    """A description's `Dashboard panel "X"` is a panel of the dashboard, and every alert has its entry in
+    docs/operating.md's Alerts table (what the runbook annotation points to)."""
+    titles = {p["title"] for p in dashboard_panels()}
+    alerts_section = (ROOT / "docs" / "operating.md").read_text().split("## Alerts", 1)[1]
+    for group in rule_groups():
+        for rule in group["rules"]:
+            for named in re.findall(r'panel "([^"]+)"', rule["annotations"]["description"]):
+                assert named in titles, (rule["alert"], named)
+            assert rule["annotations"]["runbook"] == f"docs/operating.md, Alerts: {rule['alert']}"
+            assert f"| `{rule['alert']}` |" in alerts_section, rule["alert"]
+
+
+def test_gateway_alerts_leave_out_the_probes_and_scrapes_only():
+    """The gateway alerts' route filter (PromQL regexes are anchored) drops the health routes and /metrics:
+    a readiness probe's 503 while the models load is not a client's error; every API route stays counted."""
+    from genguard.gateway.routers import detect, health, hive, models, page
+
+    def counted(selector: str, route: str) -> bool:  # the selector's route matchers, as PromQL reads them
+        for op, value in re.findall(r'route(!~|!=|=~|=)"([^"]*)"', selector):
+            hit = re.fullmatch(value, route) if "~" in op else value == route
+            if bool(hit) == op.startswith("!"):
+                return False
+        return True
+
+    left_out = {r.path for r in health.router.routes}
+    assert left_out == {"/v1/health/live", "/v1/health/ready", "/metrics"}
+    kept = {r.path for m in (detect, hive, models, page) for r in m.router.routes} | {"unmatched"}
+    assert {hive.PATH, detect.PATH, "/v1/models"} <= kept
+    selectors = [s for a in ("GenGuardGatewayServerErrors", "GenGuardGatewayQueueFull")
+                 for s in re.findall(r"genguard_gateway_requests_total\{([^}]*)\}", _rule(a)["expr"])]
+    selectors += [s for title, expr in dashboard_queries().items() if title.startswith("429 and 5xx share")
+                  for s in re.findall(r"genguard_gateway_requests_total\{([^}]*)\}", expr)]
+    assert len(selectors) == 10
+    for selector in selectors:
+        assert [r for r in sorted(left_out | kept) if counted(selector, r)] == sorted(kept), selector
 
 
 def _hpa_target_us() -> float:
@@ -316,6 +392,8 @@ def _seconds(duration: str) -> float:
 # promtool unit tests: each alert fires on the bad case and stays silent on the healthy one.
 _G = 'service="genguard-metrics",namespace="genguard",pod="genguard-server-1"'
 _K = 'namespace="genguard",pod="genguard-server-1",container="server"'
+_W = 'service="genguard",namespace="genguard",pod="genguard-server-1"'  # the gateway's scrape
+_HIVE, _DETECT = "/v1/cv/hive/ai-generated-image-detection", "/v1/detect"
 ALERT_TESTS = [
     {   # 1/3 of images refused at 1.5 images/s
         "series": {f'genguard_image_failures_total{{{_G},model="preprocess",reason="corrupt"}}': "0+30x60",
@@ -389,6 +467,33 @@ ALERT_TESTS = [
     {
         "series": {f"kube_pod_container_status_restarts_total{{{_K}}}": "3x40"},
         "alert": "GenGuardServerRestarted", "at": "30m", "labels": None,
+    },
+    {   # 10 % of API requests answered 503 at 100 requests a minute
+        "series": {f'genguard_gateway_requests_total{{{_W},route="{_HIVE}",code="200"}}': "0+90x60",
+                   f'genguard_gateway_requests_total{{{_W},route="{_HIVE}",code="503"}}': "0+10x60"},
+        "alert": "GenGuardGatewayServerErrors", "at": "30m", "labels": {"severity": "critical", "namespace": "genguard"},
+    },
+    {   # the readiness probe answers 503 every 5 s while the models load; the API itself is fine
+        "series": {f'genguard_gateway_requests_total{{{_W},route="/v1/health/ready",code="503"}}': "0+12x60",
+                   f'genguard_gateway_requests_total{{{_W},route="/metrics",code="200"}}': "0+4x60",
+                   f'genguard_gateway_requests_total{{{_W},route="{_DETECT}",code="200"}}': "0+20x60",
+                   f'genguard_gateway_requests_total{{{_W},route="{_DETECT}",code="504"}}': "0+0x60"},
+        "alert": "GenGuardGatewayServerErrors", "at": "30m", "labels": None,
+    },
+    {   # half the requests fail, but 2 requests a minute: too little traffic to page
+        "series": {f'genguard_gateway_requests_total{{{_W},route="{_HIVE}",code="200"}}': "0+1x60",
+                   f'genguard_gateway_requests_total{{{_W},route="{_HIVE}",code="502"}}': "0+1x60"},
+        "alert": "GenGuardGatewayServerErrors", "at": "30m", "labels": None,
+    },
+    {   # a third of API requests turned away with 429
+        "series": {f'genguard_gateway_requests_total{{{_W},route="{_DETECT}",code="200"}}': "0+60x60",
+                   f'genguard_gateway_requests_total{{{_W},route="{_DETECT}",code="429"}}': "0+30x60"},
+        "alert": "GenGuardGatewayQueueFull", "at": "40m", "labels": {"severity": "warning", "namespace": "genguard"},
+    },
+    {   # 5 % turned away: clients retry, under the line
+        "series": {f'genguard_gateway_requests_total{{{_W},route="{_DETECT}",code="200"}}': "0+95x60",
+                   f'genguard_gateway_requests_total{{{_W},route="{_DETECT}",code="429"}}': "0+5x60"},
+        "alert": "GenGuardGatewayQueueFull", "at": "40m", "labels": None,
     },
 ]
 
