@@ -260,8 +260,10 @@ def measure_detector(build: Path, name: str, options: list[str], *, images: dict
                 record["skipped"] = ("dynamic INT8 misses its tolerance vs FP32 (max |Δprob| "
                                      f"{failed.get('max_abs_prob', float('nan')):.1e}; parity.json[\"int8_failed\"])")
             elif not check.get("quantized_nodes"):
-                record["skipped"] = ("no MatMul/Gemm carries the compute (a CNN): model.int8.onnx computes what "
-                                     "FP32 does")
+                record["skipped"] = (("no MatMul/Gemm carries the compute (a CNN)" if not check.get("candidates") else
+                                      f"none of its {check['candidates']} MatMul/Gemm could be quantised within the "
+                                      f"INT8 budget (max |Δprob| {check.get('budget_max_abs_prob', '?')})")
+                                     + ": model.int8.onnx computes what FP32 does")
             if "skipped" in record:
                 say(f"{step}: skipped: {record['skipped']}")
                 continue
@@ -564,9 +566,9 @@ def parse_precision(values: list[str] | None, detectors: list[str]) -> dict[str,
     return out
 
 
-def report(build: Path, names: list[str]) -> str:
+def report(build: Path, names: list[str], threads: int = 0) -> str:
     """The recorded options of `names` as a Markdown table (no measuring): what the renderer will accept, and
-    below it what `best` serves on this CPU and why."""
+    below it what `best` serves on this CPU (with `threads` per engine) and why."""
     lines = ["| detector | option | max abs Δprob vs FP32 | max abs Δprob vs reference | top-1 (worse side) | worst image "
              "| speed vs FP32 (batch 1) | within budget | servable here |", "|---|---|---:|---:|---:|---|---:|---|---|"]
     choices = []
@@ -587,7 +589,7 @@ def report(build: Path, names: list[str]) -> str:
             lines.append(f"| {name} | {option} | {f['max_abs_prob']:.1e} | {ref['max_abs_prob']:.1e} | "
                          f"{min(f['top1_agreement'], ref['top1_agreement']):.1%} | {ref['worst_image']} | "
                          f"{r['speed']['vs_fp32']:.2f}× | {'yes' if r['within_budget'] else 'NO'} | {servable} |")
-        choice = choose_best(folder)
+        choice = choose_best(folder, threads=threads)
         choices.append(choice)
         lines.append(f"| {name} | best | | | | | | | {choice.option} |")
     lines += ["", f"`best` on {cpus.describe()}:", ""] + [f"- {c.line()}" for c in choices]
@@ -622,7 +624,7 @@ def main(argv=None) -> int:
         names = [n for n in args.detectors.split(",") if n] or exported
         text = (f"# CPU engine/precision options recorded in {args.build}\n\nBudget: max |Δprob| ≤ {BUDGET['max_abs_prob']:g} "
                 f"and top-1 ≥ {BUDGET['top1_agreement']:.0%}, vs ONNX Runtime FP32 and vs the seed's reference pipeline, "
-                "on the 23 sample images. `best` is what `PRECISION=best` serves on this CPU.\n\n" + report(args.build, names))
+                "on the 23 sample images. `best` is what `PRECISION=best` serves on this CPU.\n\n" + report(args.build, names, args.threads))
         args.report.write_text(text)
         print(text)
         return 0

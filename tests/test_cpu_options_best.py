@@ -227,6 +227,23 @@ def test_a_qdq_file_made_from_another_model_onnx_is_rebuilt(measured, tmp_path):
     assert record["quantization"]["fp32_sha256"] == sha and record["sha256"] != stale_digest
 
 
+def test_an_int8_file_that_quantises_nothing_is_not_measured(tiny_build, tmp_path):
+    """EVA02's dynamic INT8 search can end with no MatMul quantised: model.int8.onnx is then FP32 under another
+    name; it is recorded as skipped, saying why, not timed as an option."""
+    folder = copy_build(tiny_build, tmp_path, ["opensdi_flux"]) / "onnx" / "opensdi_flux"
+    shutil.copyfile(folder / "model.onnx", folder / engines.INT8_FILE)
+    parity = json.loads((folder / "parity.json").read_text())
+    parity["int8"] = {"passed": True, "candidates": 84, "quantized_nodes": 0, "budget_max_abs_prob": 0.005,
+                      "fp32_sha256": cpu_options.sha256_file(folder / "model.onnx"),
+                      "onnx_sha256": cpu_options.sha256_file(folder / engines.INT8_FILE)}
+    (folder / "parity.json").write_text(json.dumps(parity))
+    images = dict(list(samples.photos().items())[:2])
+    record = cpu_options.measure_detector(tmp_path, "opensdi_flux", ["ort-int8"], images=images, speed_rounds=1,
+                                          reference=False)["ort-int8"]
+    assert record["skipped"] == ("none of its 84 MatMul/Gemm could be quantised within the INT8 budget (max |Δprob| "
+                                 "0.005): model.int8.onnx computes what FP32 does")
+
+
 def test_best_choices_measures_missing_records_once_with_an_estimate(tiny_build, tmp_path, monkeypatch):
     """make serve PRECISION=best: records missing -> measured first (said, with an estimate); then reused."""
     build = copy_build(tiny_build, tmp_path, ["imagetrust_source"])
