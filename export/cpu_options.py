@@ -323,9 +323,9 @@ def is_busy(load: float, usable: int) -> bool:
 
 def busy_note(speed: dict) -> str:
     return (f"the machine was busy while this was timed (load average {speed['load_average']:.1f} on "
-            f"{speed['usable_cpus']} usable CPUs): with every core's thread competing, speed-ups shrink towards "
-            "1× or below (benchmarks/results/bf16-why.md); measure on a quiet machine, or with ORT_THREADS set to "
-            "the cores that are free")
+            f"{speed['usable_cpus']} usable CPUs): a speed-up timed while other work holds the cores is unreliable, "
+            "either way (benchmarks/results/bf16-why.md); measure on a quiet machine, or with ORT_THREADS set to the "
+            "cores that are free")
 
 
 def _reference_probs(spec, checkpoint: str | None, images: dict[str, bytes]) -> list[np.ndarray]:
