@@ -3,6 +3,8 @@ c2pa-python's Builder, generation-tool metadata written the way the tools write 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import struct
 import zlib
@@ -33,6 +35,62 @@ def xmp_packet(source_type: str = TRAINED, creator_tool: str | None = None, body
 
 def jpeg_with_xmp(packet: bytes, image: Image.Image | None = None) -> bytes:
     return jpeg_with_segments(image or picture(seed=3), (0xE1, b"http://ns.adobe.com/xap/1.0/\0" + packet))
+
+
+XMP_EXTENSION = b"http://ns.adobe.com/xmp/extension/\0"
+
+
+def main_xmp(guid: str) -> bytes:
+    """A main (standard) XMP packet that only points at an extended one, as Photoshop writes it."""
+    return (f'<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+            f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            f'<rdf:Description rdf:about="" xmlns:xmpNote="http://ns.adobe.com/xmp/note/"'
+            f' xmpNote:HasExtendedXMP="{guid}"/></rdf:RDF></x:xmpmeta><?xpacket end="w"?>').encode()
+
+
+def extended_packet(creator_tool: str = "Midjourney v6", filler: int = 150_000) -> bytes:
+    """An extended XMP packet (a full x:xmpmeta, no packet wrapper) too large for one APP1 segment: the
+    declarations, and `filler` bytes of a long field as the reason it was split."""
+    return (f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            f'<rdf:Description rdf:about="" xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"'
+            f' xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/"'
+            f' xmp:CreatorTool="{creator_tool}">'
+            f'<Iptc4xmpExt:DigitalSourceType>{TRAINED}</Iptc4xmpExt:DigitalSourceType>'
+            f'<photoshop:History>{"x" * filler}</photoshop:History>'
+            f'</rdf:Description></rdf:RDF></x:xmpmeta>').encode()
+
+
+def guid_of(packet: bytes) -> str:
+    return hashlib.md5(packet).hexdigest().upper()
+
+
+def extension_segments(packet: bytes, guid: str | None = None, size: int = 65_000,
+                       full_length: int | None = None) -> list[tuple[int, bytes]]:
+    """The APP1 segments carrying `packet` as JPEG extended XMP: signature, GUID (the packet's MD5 unless
+    given), full length, offset, then at most `size` bytes of it."""
+    guid = guid or guid_of(packet)
+    return [(0xE1, XMP_EXTENSION + guid.encode() + struct.pack(">II", full_length or len(packet), at)
+             + packet[at:at + size]) for at in range(0, len(packet), size)]
+
+
+def jpeg_with_extended_xmp(packet: bytes, segments: list[tuple[int, bytes]] | None = None,
+                           guid: str | None = None) -> bytes:
+    """A JPEG whose main XMP names `guid` (the packet's MD5 by default) and carries the extension segments
+    (the packet's, in order, unless given)."""
+    guid = guid or guid_of(packet)
+    segments = extension_segments(packet) if segments is None else segments
+    return jpeg_with_segments(picture(seed=4), (0xE1, b"http://ns.adobe.com/xap/1.0/\0" + main_xmp(guid)), *segments)
+
+
+def heif_with(fmt: str, exif: bytes | None = None, xmp: bytes | None = None, seed: int = 3) -> bytes:
+    """A HEIF (pillow-heif) or AVIF (Pillow) image carrying `exif` / `xmp` as their writers store them."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    options = {k: v for k, v in (("exif", exif), ("xmp", xmp)) if v is not None}
+    buffer = io.BytesIO()
+    picture(seed=seed).save(buffer, fmt, quality=80, **options)
+    return buffer.getvalue()
 
 
 def exif_bytes(software=None, make=None, model=None, user_comment: str | None = None) -> bytes:

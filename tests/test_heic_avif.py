@@ -73,4 +73,10 @@ def test_answered_through_the_server_beside_a_truncated_one(triton):
     assert docs[1]["error"]["reason"] == "truncated"
     assert [docs[0]["image"]["format"], docs[2]["image"]["format"]] == ["HEIF", "AVIF"]
     assert docs[0]["verdict"] in ("ai_generated", "not_ai_generated", "uncertain")
-    assert docs[2]["provenance"]["looked_for"] == []  # metadata of HEIF/AVIF is not read (README)
+    from genguard.provenance import Extractor
+
+    for doc, data in ((docs[0], heic), (docs[2], avif)):  # their XMP and EXIF are read (docs/provenance.md)
+        assert doc["provenance"]["looked_for"] == ["xmp", "exif"]
+        assert doc["provenance"]["signals"] == Extractor().extract(data)["signals"]
+    # the sample photo's own XMP (CreatorTool: f-spot) goes with it into the HEIF file, and is read back there
+    assert [s["detail"].get("value") for s in docs[0]["provenance"]["signals"]] == ["f-spot version 0.5.0.3"]

@@ -3,6 +3,7 @@ in-process. Fixtures are made here: a test CA, manifests signed with c2pa-python
 
 from __future__ import annotations
 
+import struct
 import time
 
 import pytest
@@ -129,6 +130,135 @@ def test_prompts_are_bounded_excerpts_unless_full_text_is_configured():
 def test_formats_without_a_reader_say_nothing_was_looked_for(extractor):
     result = extractor.extract(F.encode(F.picture(), "BMP"))
     assert result["looked_for"] == [] and result["signals"] == [] and result["notes"]
+
+
+# --- HEIF / AVIF: the primary image's XMP and EXIF, the same signals as in a JPEG --------------------------
+
+GENERATOR_EXIF = F.exif_bytes(software="Midjourney v6", make="Apple", model="iPhone 15 Pro")
+GENERATOR_XMP = F.xmp_packet(creator_tool="Adobe Firefly 3")
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_heif_and_avif_metadata_gives_the_signals_a_jpeg_gives(extractor, fmt):
+    data = F.heif_with(fmt, exif=GENERATOR_EXIF, xmp=GENERATOR_XMP)
+    assert data[4:8] == b"ftyp"
+    jpeg = F.jpeg_with_segments(F.picture(seed=3), (0xE1, GENERATOR_EXIF),
+                                (0xE1, b"http://ns.adobe.com/xap/1.0/\0" + GENERATOR_XMP))
+    result, same = extractor.extract(data + b"\0" * 64), extractor.extract(jpeg)  # (request padding is ignored)
+    assert result["signals"] == same["signals"] and result["notes"] == [] == same["notes"]
+    assert kinds(result) == [("xmp", "ai_generated", None), ("xmp", "ai_generated", "firefly"),
+                             ("exif", "ai_generated", "midjourney"), ("exif", "camera", None)]
+    # C2PA and text chunks are not read there: not claimed as looked for
+    assert result["looked_for"] == ["xmp", "exif"] and result["c2pa"] is None
+    fuser = Fuser([FLUX, SD], FusionConfig(), {})
+    assert fuser.fuse(PIXELS, result)["provenance"] == fuser.fuse(PIXELS, {**same, "looked_for": ["xmp", "exif"],
+                                                                            "c2pa": None})["provenance"]
+    # each alone, and none at all
+    assert kinds(extractor.extract(F.heif_with(fmt, xmp=GENERATOR_XMP)))[1] == ("xmp", "ai_generated", "firefly")
+    assert kinds(extractor.extract(F.heif_with(fmt, exif=F.exif_bytes(software="DALL-E 3"))))[0] == \
+        ("exif", "ai_generated", "dalle")
+    bare = extractor.extract(F.heif_with(fmt))
+    assert bare["signals"] == [] and bare["notes"] == [] and bare["looked_for"] == ["xmp", "exif"]
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_heif_and_avif_metadata_within_the_limits(fmt):
+    big = F.xmp_packet(creator_tool="Midjourney", body="<x:pad>" + "p" * 5000 + "</x:pad>")
+    limited = Extractor(ProvenanceConfig(limits=MetadataLimits(max_xmp_bytes=4096))).extract(
+        F.heif_with(fmt, exif=GENERATOR_EXIF, xmp=big))
+    assert ("xmp", "ai_generated", "midjourney") not in kinds(limited)
+    assert any(n.startswith(f"XMP packet of {len(big)} bytes skipped (limit 4096)") for n in limited["notes"])
+    assert ("exif", "ai_generated", "midjourney") in kinds(limited)  # the rest is still read
+    budget = Extractor(ProvenanceConfig(limits=MetadataLimits(max_metadata_bytes=40))).extract(
+        F.heif_with(fmt, exif=GENERATOR_EXIF))
+    assert budget["signals"] == [] and any(n.startswith("EXIF skipped: the image's metadata is over 40")
+                                           for n in budget["notes"])
+    bomb = Extractor().extract(F.heif_with(fmt, xmp=F.ENTITY_BOMB))
+    assert bomb["signals"] == [] and "XMP packet skipped: DTDForbidden" in bomb["notes"]
+
+
+def test_other_iso_bmff_files_are_not_read():
+    mp4 = b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom" + b"\0\0\0\x08free"
+    result = Extractor().extract(mp4)
+    assert result["looked_for"] == [] and result["signals"] == []
+    assert result["notes"][0].startswith("HEIF/AVIF metadata not read: ")
+    cut = F.heif_with("HEIF", xmp=GENERATOR_XMP)
+    assert Extractor().extract(cut[:40])["looked_for"] == []  # truncated inside its boxes: nothing, no raise
+
+
+# --- JPEG extended XMP: put together by GUID and offset, checked against its MD5 ------------------------
+
+def test_extended_xmp_is_put_together_by_guid_and_offset(extractor):
+    packet = F.extended_packet("Midjourney v6")
+    segments = F.extension_segments(packet)
+    assert len(segments) == 3 and len(packet) > 65_533  # too large for one APP1 segment
+    decoy = F.extension_segments(F.extended_packet("FLUX.1 [dev]"))  # another GUID: ignored, as the spec says
+    shuffled = [segments[2], decoy[0], segments[0], decoy[1], segments[1]]
+    result = extractor.extract(F.jpeg_with_extended_xmp(packet, shuffled))
+    # the same signals as the packet in one piece (a PNG's iTXt has room for it)
+    whole = extractor.extract(F.png_with_chunks([F.png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + packet)]))
+    assert result["signals"] == whole["signals"]
+    assert kinds(result) == [("xmp", "ai_generated", None), ("xmp", "ai_generated", "midjourney")]
+    assert result["notes"] == ["extended XMP segments of 1 GUID(s) the main packet doesn't name ignored"]
+    in_order = extractor.extract(F.jpeg_with_extended_xmp(packet))
+    assert in_order["signals"] == result["signals"] and in_order["notes"] == []
+
+
+def _extended_cases() -> dict[str, tuple[bytes, str, MetadataLimits]]:
+    """(image, the note it earns, limits): every one a valid JPEG whose extended XMP must be refused."""
+    packet = F.extended_packet("Midjourney v6")
+    guid, segments = F.guid_of(packet), F.extension_segments(packet)
+    tampered = bytearray(segments[1][1])
+    tampered[-10] ^= 0x01
+    header = len(F.XMP_EXTENSION) + 32
+    overlap = (0xE1, segments[1][1][:header + 4] + (60_000).to_bytes(4, "big") + packet[60_000:61_000])
+    bomb = F.ENTITY_BOMB.replace(b"<x:xmpmeta", b"<!-- -->" * 10_000 + b"<x:xmpmeta")  # > 64 KB, with a DTD
+    cases = {
+        "a changed byte": ([segments[0], (0xE1, bytes(tampered)), segments[2]], f"extended XMP {guid} skipped: its MD5"),
+        "a missing middle segment": ([segments[0], segments[2]], f"extended XMP {guid} skipped: bytes 65000-129999 are missing"),
+        "a missing last segment": (segments[:2], f"extended XMP {guid} skipped: incomplete: 130000 of {len(packet)} bytes"),
+        "overlapping segments": (segments[:1] + [overlap] + segments[1:], f"extended XMP {guid} skipped: its segments overlap"),
+        "lengths that disagree": (segments[:2] + F.extension_segments(packet, full_length=len(packet) + 1)[2:],
+                                  f"extended XMP {guid} skipped: its segments declare different lengths"),
+        "only a portion past its length": ([(0xE1, segments[0][1][:header] + struct.pack(">II", len(packet), len(packet) - 1)
+                                             + packet[:2])], f"malformed extended XMP segment of {guid} skipped"),
+        "no segment at all": ([], f"extended XMP {guid} skipped: no extended XMP segment carries it"),
+        "a DTD inside": (F.extension_segments(bomb), f"extended XMP {F.guid_of(bomb)} skipped: DTDForbidden"),
+    }
+    out = {name: (F.jpeg_with_extended_xmp(packet, segs), note, MetadataLimits()) for name, (segs, note) in cases.items()}
+    out["a DTD inside"] = (F.jpeg_with_extended_xmp(bomb), cases["a DTD inside"][1], MetadataLimits())
+    out["over the XMP limit"] = (F.jpeg_with_extended_xmp(packet), f"extended XMP {guid} of {len(packet)} bytes "
+                                 "skipped (limit 100000)", MetadataLimits(max_xmp_bytes=100_000))
+    out["over the segment limit"] = (F.jpeg_with_extended_xmp(packet), "extended XMP segments past the first 2 skipped",
+                                     MetadataLimits(max_xmp_extension_segments=2))
+    out["over the metadata budget"] = (F.jpeg_with_extended_xmp(packet), "extended XMP segment skipped: the image's "
+                                       "metadata is over 100000 bytes", MetadataLimits(max_metadata_bytes=100_000))
+    out["not named by the main packet"] = (F.jpeg_with_segments(F.picture(seed=4), *segments),
+                                           "3 extended XMP segment(s) skipped: no main XMP packet names them",
+                                           MetadataLimits())
+    out["a name that is no GUID"] = (F.jpeg_with_extended_xmp(packet, guid="x" * 5000),
+                                     "an xmpNote:HasExtendedXMP that is not a GUID", MetadataLimits())
+    return out
+
+
+def test_a_stray_malformed_segment_is_skipped_and_the_packet_still_read(extractor):
+    packet = F.extended_packet("Midjourney v6")
+    segments, header = F.extension_segments(packet), len(F.XMP_EXTENSION) + 32
+    for stray, note in (((0xE1, F.XMP_EXTENSION + b"short"), "malformed extended XMP segment skipped (no GUID"),
+                        ((0xE1, segments[0][1][:header] + struct.pack(">II", 10, 5) + b"123456"),
+                         f"malformed extended XMP segment of {F.guid_of(packet)} skipped (offset 5 + 6 bytes")):
+        result = extractor.extract(F.jpeg_with_extended_xmp(packet, segments[:1] + [stray] + segments[1:]))
+        assert ("xmp", "ai_generated", "midjourney") in kinds(result)
+        assert [n for n in result["notes"] if n.startswith(note)], result["notes"]
+
+
+@pytest.mark.parametrize("case", list(_extended_cases()))
+def test_malformed_or_oversized_extended_xmp_is_refused_with_a_reason(case):
+    data, note, limits = _extended_cases()[case]
+    result = Extractor(ProvenanceConfig(limits=limits)).extract(data)
+    assert result["signals"] == [], case
+    assert any(n.startswith(note) for n in result["notes"]), (case, result["notes"])
+    assert all(len(n) < 300 for n in result["notes"]), case  # reasons, not echoes of the input
 
 
 # --- hostile metadata: each skipped with a note, within the limits ----------------------------------------

@@ -109,6 +109,28 @@ def test_signals_policy_and_verdicts_through_the_server(triton, fixtures):
     assert plain["provenance"]["signals"] == [] and plain["provenance"]["c2pa"] == {"present": False}
 
 
+def test_heif_avif_and_extended_xmp_through_the_server(triton):
+    """A generator named in HEIF XMP, AVIF EXIF or a JPEG's extended XMP counts as it does in a JPEG's XMP."""
+    heif = F.heif_with("HEIF", xmp=F.xmp_packet(creator_tool="Midjourney v6"))
+    avif = F.heif_with("AVIF", exif=F.exif_bytes(software="NovelAI Diffusion"))
+    extended = F.jpeg_with_extended_xmp(F.extended_packet("Midjourney v6"))
+    jpeg = F.jpeg_with_xmp(F.xmp_packet(creator_tool="Midjourney v6"))
+    docs = infer(triton, [heif, avif, extended, jpeg])
+    assert [d["status"] for d in docs] == ["SUCCESS"] * 4, [d.get("error") for d in docs]
+    heif_doc, avif_doc, extended_doc, jpeg_doc = docs
+    assert heif_doc["image"]["format"] == "HEIF" and avif_doc["image"]["format"] == "AVIF"
+    assert heif_doc["provenance"]["signals"] == jpeg_doc["provenance"]["signals"]
+    assert heif_doc["provenance"]["looked_for"] == avif_doc["provenance"]["looked_for"] == ["xmp", "exif"]
+    assert extended_doc["provenance"]["notes"] == []
+    for doc, generator in ((heif_doc, "midjourney"), (avif_doc, "novelai"), (extended_doc, "midjourney"),
+                           (jpeg_doc, "midjourney")):
+        prov = doc["provenance"]
+        assert prov["declares_ai"] and prov["generator"] == generator and prov["effect"] == "evidence"
+        assert doc["is_ai_generated"] == pytest.approx(1 - (1 - prov["pixel_is_ai_generated"]) * (1 - STRENGTH),
+                                                       abs=1e-9)
+        assert doc["verdict"] == "ai_generated"
+
+
 def hostile_metadata() -> dict[str, tuple[bytes, str]]:
     """(image, the note its metadata earns): every one a valid image whose metadata is hostile."""
     return {
@@ -119,6 +141,9 @@ def hostile_metadata() -> dict[str, tuple[bytes, str]]:
                                "text chunks past the first 64 skipped"),
         "2 GiB zTXt": (F.png_with_chunks([F.zip_bomb_chunk(2048)]), "zTXt 'Comment' skipped: inflates past"),
         "malformed JUMBF": (F.jpeg_with_segments(F.picture(), (0xEB, b"JP\x02\x11\x00\x00\x00\x01jumbc2pa junk")), ""),
+        "extended XMP whose MD5 isn't its GUID": (F.jpeg_with_extended_xmp(
+            F.extended_packet(), F.extension_segments(F.extended_packet(), guid="0" * 32), guid="0" * 32),
+            f"extended XMP {'0' * 32} skipped: its MD5"),
     }
 
 

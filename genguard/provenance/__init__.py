@@ -87,9 +87,9 @@ class Extractor:
         blocks = containers.find_blocks(data, limits)
         result = {"looked_for": [], "signals": [], "c2pa": None, "notes": blocks.notes}
         if blocks.container is None:
-            result["notes"].append("no metadata read: only JPEG, PNG and WebP containers are read")
+            result["notes"].append("no metadata read: only JPEG, PNG, WebP, HEIF and AVIF containers are read")
             return result
-        result["looked_for"] = ["c2pa", "xmp", "exif", "text"]
+        result["looked_for"] = list(containers.LOOKED_FOR[blocks.container])
 
         def over_time(stage: str) -> bool:
             if time.perf_counter() - start > limits.max_seconds:
@@ -106,15 +106,21 @@ class Extractor:
             elif not over_time("C2PA"):
                 result["c2pa"] = self.reader.read(data, blocks.container)
                 signals += manifest.signals(result["c2pa"])
-        else:
+        elif "c2pa" in result["looked_for"]:  # (HEIF/AVIF: not looked for, so c2pa stays None)
             result["c2pa"] = {"present": False}
+        extended: list[str] = []  # GUIDs of extended XMP named by the main packets (JPEG)
         for packet in blocks.xmp:
             if over_time("XMP"):
                 break
             try:
-                signals += xmp.signals(packet)
+                found = xmp.fields(packet)
             except Exception as exc:  # defusedxml refusals (DTD, entities) and malformed XML
                 result["notes"].append(f"XMP packet skipped: {type(exc).__name__}")
+                continue
+            signals += xmp.signals_of(found)
+            extended += [g.strip().upper() for g in found.get("HasExtendedXMP", [])]
+        if extended or blocks.xmp_extension:
+            signals += self._extended_xmp(blocks, list(dict.fromkeys(extended)), result["notes"], over_time)
         if blocks.exif is not None and not over_time("EXIF"):
             try:
                 signals += exif.signals(blocks.exif, chars)
@@ -127,3 +133,35 @@ class Extractor:
                                    f"{limits.max_signals} left out")
             del signals[limits.max_signals:]
         return result
+
+    @staticmethod
+    def _extended_xmp(blocks, guids: list[str], notes: list[str], over_time) -> list[dict]:
+        """The JPEG extended XMP the main packet names (xmpNote:HasExtendedXMP), put together and checked
+        (containers.extended_xmp), read as one more packet; segments of other GUIDs are ignored, as the
+        XMP spec says."""
+        named = [g for g in guids if len(g) == 32 and all(c in "0123456789ABCDEF" for c in g)]
+        if len(named) < len(guids):
+            notes.append("an xmpNote:HasExtendedXMP that is not a GUID (32 hex digits) ignored")
+        guids = named
+        if not guids:
+            if blocks.xmp_extension:
+                notes.append(f"{len(blocks.xmp_extension)} extended XMP segment(s) skipped: no main XMP packet "
+                             "names them (xmpNote:HasExtendedXMP)")
+            return []
+        out = []
+        for guid in guids[:1]:  # one extended packet per file
+            if over_time("extended XMP"):
+                break
+            try:
+                packet = containers.extended_xmp(blocks.xmp_extension, guid)
+            except ValueError as exc:
+                notes.append(f"extended XMP {guid} skipped: {exc}")
+                continue
+            try:
+                out += xmp.signals(packet)
+            except Exception as exc:  # defusedxml refusals and malformed XML, as for the main packet
+                notes.append(f"extended XMP {guid} skipped: {type(exc).__name__}")
+        others = {s.guid for s in blocks.xmp_extension} - set(guids[:1])
+        if others:
+            notes.append(f"extended XMP segments of {len(others)} GUID(s) the main packet doesn't name ignored")
+        return out

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class MetadataLimits:
     max_metadata_bytes: int = 4 << 20    # EXIF + XMP + text taken per image (text after inflation)
-    max_xmp_bytes: int = 1 << 20         # one XMP packet; a larger one is skipped unparsed
+    max_xmp_bytes: int = 1 << 20         # one XMP packet (a JPEG extended one too); a larger one is skipped unparsed
+    max_xmp_extension_segments: int = 32  # JPEG extended-XMP segments read per image (1 MiB takes 17)
     max_text_chunks: int = 64            # PNG tEXt/zTXt/iTXt (and JPEG comments) read per image
     max_inflated_bytes: int = 1 << 20    # one zTXt/iTXt chunk after inflation; inflation stops there
     max_blocks: int = 20_000             # container segments/chunks walked per image

@@ -1,5 +1,6 @@
-"""XMP packets (IPTC DigitalSourceType, CreatorTool), parsed with defusedxml: a DTD, and so entity
-expansion and external entities, is refused outright."""
+"""XMP packets (IPTC DigitalSourceType, CreatorTool; xmpNote:HasExtendedXMP, the GUID of a JPEG's
+extended packet), parsed with defusedxml: a DTD, and so entity expansion and external entities, is
+refused outright."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from genguard.provenance.sourcetypes import source_type_signal
 
 IPTC_EXT = "http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
 XMP_BASIC = "http://ns.adobe.com/xap/1.0/"
+XMP_NOTE = "http://ns.adobe.com/xmp/note/"
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 # (namespace, local name) -> field reported
-FIELDS = {(IPTC_EXT, "DigitalSourceType"): "DigitalSourceType", (XMP_BASIC, "CreatorTool"): "CreatorTool"}
+FIELDS = {(IPTC_EXT, "DigitalSourceType"): "DigitalSourceType", (XMP_BASIC, "CreatorTool"): "CreatorTool",
+          (XMP_NOTE, "HasExtendedXMP"): "HasExtendedXMP"}
 
 
 def _split(tag: str) -> tuple[str, str]:
@@ -43,7 +46,10 @@ def fields(packet: bytes) -> dict[str, list[str]]:
 
 
 def signals(packet: bytes) -> list[dict]:
-    found = fields(packet)
+    return signals_of(fields(packet))
+
+
+def signals_of(found: dict[str, list[str]]) -> list[dict]:
     out = [source_type_signal("xmp", value, {"field": "Iptc4xmpExt:DigitalSourceType"})
            for value in dict.fromkeys(found.get("DigitalSourceType", []))]
     for tool in dict.fromkeys(found.get("CreatorTool", [])):

@@ -526,7 +526,7 @@ function provenance(p) {
   const c2pa = p.c2pa || {};
   const section = el("section", {"data-block": "provenance"}, el("h3", {text: "Provenance"}),
     facts([["declares AI", String(Boolean(p.declares_ai))], ["generator", p.generator], ["effect", p.effect],
-      ["policy", p.policy], ["C2PA", c2pa.present ? (c2pa.state || "present") + ((c2pa.failures || []).length ? ` (${c2pa.failures.join(", ")})` : "") : "none"],
+      ["policy", p.policy], ["C2PA", !p.c2pa ? "not looked for" : c2pa.present ? (c2pa.state || "present") + ((c2pa.failures || []).length ? ` (${c2pa.failures.join(", ")})` : "") : "none"],
       ["signer", c2pa.signer ? (c2pa.signer.common_name || c2pa.signer.issuer || JSON.stringify(c2pa.signer)) : null],
       ["decided by", p.decided_by],
       ["looked for", (p.looked_for || []).join(", ") || "nothing"]], "provenance-facts"));
