@@ -43,6 +43,7 @@ import numpy as np
 
 from genguard import cpus, engines, onnx_runtime, specs
 from genguard.benchmarks import machine
+from genguard.export import layout
 
 
 def log(message: str) -> None:
@@ -105,8 +106,7 @@ class Runners:
 
         from genguard.export.checkpoints import load
 
-        folder = build / "onnx" / name
-        self.path = folder / engines.FP32_FILE
+        self.path = layout.onnx_folder(build, name) / engines.FP32_FILE
         meta = onnx_runtime.decode_metadata(onnx_runtime.metadata(self.path))
         self.spec = specs.as_exported(specs.get(name), meta.get("heads", {}))
         self.checkpoint = meta.get("checkpoint")
@@ -388,8 +388,7 @@ def markdown(result: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genguard.benchmarks.bf16_why", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--build", type=Path, default=Path("build"))
-    parser.add_argument("--detectors", default="opensdi_flux,sumsub_sd")
+    layout.add_build_arguments(parser, "opensdi_flux,sumsub_sd")
     parser.add_argument("--batches", default="1,2")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=3, help="timed calls per engine per round")
@@ -413,7 +412,7 @@ def main(argv=None) -> int:
     log("1. the bare matrix multiply")
     result["gemm"] = gemm_rates(args.gemm_n)
     weights = set()
-    for name in [n for n in args.detectors.split(",") if n]:
+    for name in layout.chosen(args.detectors, lambda: ["opensdi_flux", "sumsub_sd"]):
         log(f"2. {name}: opening the engines")
         runners = Runners(args.build, name, torch_engines=not args.no_pytorch, threads=args.threads)
         weights.add(json.loads(onnx_runtime.metadata(runners.path).get("genguard.weights", '"?"')))

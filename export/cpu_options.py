@@ -46,6 +46,7 @@ import numpy as np
 
 from genguard import cpus, engines, onnx_runtime, specs
 from genguard.checksums import sha256_file
+from genguard.export import layout
 from genguard.scores import head_probs
 
 BUDGET = {"max_abs_prob": 1e-2, "top1_agreement": 0.99}
@@ -185,8 +186,7 @@ def _made_from(path: Path) -> str | None:
 def _int8_vouched(folder: Path, fp32_sha256: str) -> bool:
     """Whether make quantize's passing record vouches for model.int8.onnx as made from this model.onnx."""
     path = folder / engines.INT8_FILE
-    parity = json.loads((folder / "parity.json").read_text())
-    check = parity.get("int8") or {}
+    check = layout.read_parity(folder).get("int8") or {}
     return (path.is_file() and bool(check.get("passed")) and check.get("fp32_sha256") == fp32_sha256
             and check.get("onnx_sha256") == _sha256(path))
 
@@ -198,12 +198,12 @@ def measure_detector(build: Path, name: str, options: list[str], *, images: dict
     line as each option starts and one as it ends (the whole takes minutes on a full-size model). `threads`:
     intra-op threads of every engine, as served (make serve ORT_THREADS; 0: each engine's default)."""
     from genguard.export import samples
-    from genguard.export.onnx_export import write_atomic
+    from genguard.export.layout import write_atomic
     from genguard.preprocess import preprocess_bytes
 
     say = progress or (lambda line: None)
-    folder = Path(build) / "onnx" / name
-    fp32, parity_path = folder / engines.FP32_FILE, folder / "parity.json"
+    folder = layout.onnx_folder(build, name)
+    fp32, parity_path = folder / engines.FP32_FILE, folder / layout.PARITY_FILE
     if not fp32.is_file() or not parity_path.is_file():
         raise FileNotFoundError(f"{name}: no export in {folder} (run make export first)")
     fp32_sha = _sha256(fp32)
@@ -351,7 +351,7 @@ def estimate_seconds(build: Path, name: str, options: list[str] | None = None, *
     """About how long measure_detector takes here: one FP32 inference timed now (batch 1), times the
     inferences it runs (FP32 and the reference on every image; per option its images, then `speed_rounds` timed
     rounds of it and FP32), plus compiling. Rough (±50 %): OpenVINO and INT8 run faster or slower than FP32."""
-    folder = Path(build) / "onnx" / name
+    folder = layout.onnx_folder(build, name)
     spec = specs.get(name)
     engine = engines.open_engine("ort-fp32", folder / engines.FP32_FILE, spinning=False, threads=threads or None)
     x = np.zeros((1, *spec.input.shape), dtype=np.float32)
@@ -386,7 +386,7 @@ def check_option(folder: Path, option_name: str, caps: dict[str, bool] | None = 
     fp32 = folder / engines.FP32_FILE
     if option.name == engines.DEFAULT:
         return fp32, ""
-    parity = _parity(folder)
+    parity = layout.read_parity(folder)
     record = parity.get(RECORD_KEY, {}).get(option.name)
     hint = f"python -m genguard.export.cpu_options --build BUILD --detectors {name} --options {option.name}"
     if not record or "vs_fp32" not in record:
@@ -407,11 +407,6 @@ def check_option(folder: Path, option_name: str, caps: dict[str, bool] | None = 
         raise OptionRefused(f"{name}: {option.name} is outside its accuracy budget (max |Δprob| ≤ "
                             f"{BUDGET['max_abs_prob']:g}, top-1 ≥ {BUDGET['top1_agreement']:.0%}): {figures}")
     return path, actual
-
-
-def _parity(folder: Path) -> dict:
-    path = Path(folder) / "parity.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 MEASURE_HINT = "run `make cpu-options`"
@@ -461,7 +456,7 @@ def choose_best(folder: Path, caps: dict[str, bool] | None = None, threads: int 
     default); ort-fp32 when none beats FP32, with the reason either way."""
     folder = Path(folder)
     name = folder.name
-    records = {n: r for n, r in _parity(folder).get(RECORD_KEY, {}).items() if n in engines.OPTIONS}
+    records = {n: r for n, r in layout.read_parity(folder).get(RECORD_KEY, {}).items() if n in engines.OPTIONS}
     if not records:
         return Choice(name, engines.DEFAULT, f"no cpu-options record for this build; {MEASURE_HINT}",
                       remeasure="no cpu-options record")
@@ -531,7 +526,7 @@ def best_choices(build: Path, names: list[str], *, measure: bool, log=None, who:
     missing or stale (saying so, with a time estimate), so that `best` chooses from records of this model.onnx
     on this CPU. Later calls find the records current and measure nothing."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    choices = {n: choose_best(Path(build) / "onnx" / n, threads=threads) for n in names}
+    choices = {n: choose_best(layout.onnx_folder(build, n), threads=threads) for n in names}
     todo = [n for n, c in choices.items() if c.remeasure]
     if todo and measure:
         estimates = {n: estimate_seconds(build, n, threads=threads) for n in todo}
@@ -544,7 +539,7 @@ def best_choices(build: Path, names: list[str], *, measure: bool, log=None, who:
             measure_detector(build, n, default_options(), progress=lambda line, n=n: log(f"  {n} {line}"),
                              threads=threads)
             log(f"  {n}: measured in {duration(time.perf_counter() - started).removeprefix('about ')}")
-            choices[n] = choose_best(Path(build) / "onnx" / n, threads=threads)
+            choices[n] = choose_best(layout.onnx_folder(build, n), threads=threads)
     return choices
 
 
@@ -573,8 +568,8 @@ def report(build: Path, names: list[str], threads: int = 0) -> str:
              "| speed vs FP32 (batch 1) | within budget | servable here |", "|---|---|---:|---:|---:|---|---:|---|---|"]
     choices = []
     for name in names:
-        folder = Path(build) / "onnx" / name
-        parity = _parity(folder)
+        folder = layout.onnx_folder(build, name)
+        parity = layout.read_parity(folder)
         for option, r in parity.get(RECORD_KEY, {}).items():
             if "vs_fp32" not in r:
                 lines.append(f"| {name} | {option} | — | — | — | — | — | — | {r.get('skipped', 'not measured')} |")
@@ -601,9 +596,7 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m genguard.export.cpu_options", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--build", type=Path, default=Path("build"))
-    parser.add_argument("--detectors", default="", help="comma-separated subset (default: every exported one; "
-                                                        "with --weights: every one that applies)")
+    layout.add_build_arguments(parser, "every exported one; with --weights: every one that applies")
     parser.add_argument("--weights", choices=("real", "random"), default=None,
                         help="first export what the build lacks or holds differently (as make serve does)")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH_OR_HUB_ID")
@@ -619,9 +612,9 @@ def main(argv=None) -> int:
     parser.add_argument("--report", type=Path, default=None,
                         help="write the recorded options as a Markdown table to this file, measuring nothing")
     args = parser.parse_args(argv)
-    exported = [n for n in specs.DETECTORS if (args.build / "onnx" / n / "model.onnx").is_file()]
+    exported = layout.exported(args.build, engines.FP32_FILE)
     if args.report:
-        names = [n for n in args.detectors.split(",") if n] or exported
+        names = layout.chosen(args.detectors, lambda: exported)
         text = (f"# CPU engine/precision options recorded in {args.build}\n\nBudget: max |Δprob| ≤ {BUDGET['max_abs_prob']:g} "
                 f"and top-1 ≥ {BUDGET['top1_agreement']:.0%}, vs ONNX Runtime FP32 and vs the seed's reference pipeline, "
                 "on the 23 sample images. `best` is what `PRECISION=best` serves on this CPU.\n\n" + report(args.build, names, args.threads))
@@ -643,11 +636,11 @@ def main(argv=None) -> int:
         if status:
             return status
     else:
-        names = [n for n in args.detectors.split(",") if n] or exported
-    absent = [n for n in names if not (args.build / "onnx" / n / "parity.json").is_file()]
+        names = layout.chosen(args.detectors, lambda: exported)
+    absent = [n for n in names if not layout.read_parity(layout.onnx_folder(args.build, n))]
     if not names or absent:
         print(f"cpu-options: nothing to measure: no export of {', '.join(absent) or 'any detector'} under "
-              f"{args.build / 'onnx'}; `make cpu-options WEIGHTS=real|random` exports first", file=sys.stderr)
+              f"{layout.onnx_dir(args.build)}; `make cpu-options WEIGHTS=real|random` exports first", file=sys.stderr)
         return 1
     if options == [engines.DEFAULT]:
         print("cpu-options: ort-fp32 is the reference every option is measured against: nothing to measure",

@@ -19,7 +19,7 @@ from genguard.engines import FP32_FILE, INT8_FILE
 from genguard.export import samples
 from genguard.checksums import sha256_file as sha256
 from genguard.export.checkpoints import HeadsModule, is_random, load
-from genguard.export.layout import FAILED_PARITY_FILE, PARITY_FILE, install_checked, write_atomic  # noqa: F401
+from genguard.export.layout import FAILED_PARITY_FILE, PARITY_FILE, install_checked
 from genguard.export.reference import ReferencePipeline, open_rgb
 from genguard.preprocess import preprocess_bytes
 from genguard.scores import head_probs
