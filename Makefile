@@ -57,7 +57,7 @@ test-all: setup
 # The manual as a site (docs/, mkdocs.yml): --strict fails on a broken link or a page missing from the nav.
 DOCS_OUT ?= $(BUILD)/site
 docs: setup
-	$(BIN)/mkdocs build --strict --site-dir $(abspath $(DOCS_OUT))
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(abspath $(DOCS_OUT))
 
 export: setup
 	$(BIN)/python -m genguard.export $(EXPORT_ARGS)
