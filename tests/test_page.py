@@ -390,6 +390,73 @@ def test_page_without_keys_and_a_refused_request(triton, browser, tmp_path):
         gw.stop()
 
 
+def _typed(value: float) -> str:
+    """What the page shows for a served threshold (app.js typed()): 3 decimals, trailing zeros dropped."""
+    return repr(float(f"{value:.3f}"))
+
+
+@pytest.mark.slow  # a server of its own: its fusion's NSFW threshold is an unrounded float
+def test_blur_threshold_shows_a_typed_value_and_blurs_as_served(triton, tiny_build, browser, tmp_path):
+    """A fitted fusion's thresholds are unrounded floats (0.8677880859545739). The page shows them as a
+    person would type them, and until the reviewer types blurs exactly where the server's is_nsfw says,
+    the threshold chosen between the image's score and the shown value so that the rounded value would
+    decide the other way; at desktop and phone widths."""
+    import math
+
+    from conftest import start_server
+    from genguard import server
+    from genguard.fusion import FusionConfig
+    from test_provenance_server import infer
+
+    image = png(21, (64, 64))
+    (tmp_path / "one.png").write_bytes(image)
+    score = infer(triton, [image])[0]["nsfw"]["at_least"]["medium"]  # the same tiny weights as served below
+    cell = math.floor(score * 1000) / 1000
+    if score - cell < 0.0005:  # shown rounded down (<= score): a threshold just above the score, not NSFW
+        threshold = score + (cell + 0.0005 - score) / 2
+    else:                      # shown rounded up (> score): a threshold just below the score, NSFW
+        threshold = score - (score - cell - 0.0005) / 2
+    assert (float(_typed(threshold)) <= score) != (threshold <= score) and len(repr(threshold)) > 8
+    running = start_server(tiny_build, tmp_path / "server", detectors=["sumsub_sd", "freepik_nsfw"],
+                           fusion=FusionConfig(threshold=0.4311764705882353, nsfw_threshold=threshold))
+    gw = None
+    try:
+        gw = start_gateway(running.grpc_url, tmp_path)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(gw.url + "/")
+        page.locator("#served", has_text="detectors:").wait_for()
+        shown = page.input_value("#blur-threshold")
+        assert shown == _typed(threshold) and re.fullmatch(r"0\.\d{1,3}", shown), shown
+        assert repr(threshold) in page.get_attribute("#blur-threshold", "title")
+        assert "threshold 0.431" in page.inner_text("#served")
+        with page.expect_response(lambda r: r.url.endswith("/v1/detect"), timeout=WAIT_MS) as answered:
+            page.set_input_files("#pick-files", str(tmp_path / "one.png"))
+        [doc] = answered.value.json()["data"]
+        assert doc["nsfw"]["at_least"]["medium"] == score and doc["nsfw"]["is_nsfw"] == (score >= threshold)
+        row = page.locator('#rows tr[data-name="one.png"]')
+        row.locator("td.status", has_text="SUCCESS").wait_for()
+
+        def is_blurred() -> bool:
+            return "blurred" in (row.locator("img").get_attribute("class") or "")
+
+        assert is_blurred() == doc["nsfw"]["is_nsfw"]  # the exact served threshold, not the rounded one
+        page.set_viewport_size({"width": 390, "height": 844})
+        assert page.input_value("#blur-threshold") == shown
+        box = page.locator("#blur-threshold").bounding_box()
+        assert box and 0 <= box["x"] and box["x"] + box["width"] <= 390
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "page-390-threshold.png"), full_page=True)
+        for typed, blurs in (("0", True), ("1.5", False), (shown, doc["nsfw"]["is_nsfw"])):
+            page.fill("#blur-threshold", typed)  # what the reviewer types decides from then on
+            assert is_blurred() == blurs, typed
+        page.close()
+    finally:
+        if gw:
+            gw.stop()
+        server.stop_pid(running.process.pid)
+
+
 def test_static_files_ship_in_the_package():
     """pip install . carries every file the page route serves (pyproject's package-data)."""
     import tomllib

@@ -37,6 +37,12 @@ function el(tag, attrs, ...children) {
 }
 
 // A probability as shown (4 decimals); the exact number the API sent is in data-value.
+// A served threshold as a person would type it: at most 3 decimals, no trailing zeros
+// (0.8677880859545739 -> "0.868", 0.5 -> "0.5"). The exact value stays what decides (blurThreshold).
+function typed(value) {
+  return typeof value === "number" && Number.isFinite(value) ? String(Number(value.toFixed(3))) : "?";
+}
+
 function num(value, cls) {
   if (typeof value !== "number") return el("span", {class: "num " + (cls || ""), text: "—"});
   return el("span", {class: "num " + (cls || ""), "data-value": String(value), text: value.toFixed(4)});
@@ -99,14 +105,18 @@ function showModels() {
   const names = Object.keys(m.detectors || {});
   const f = m.fusion || {};
   $("served").textContent = `${m.ensemble} ${m.ready ? "ready" : "not ready"} · detectors: ${names.join(", ")}`
-    + ` · ${f.rule || "?"} threshold ${f.threshold ?? "?"}`;
+    + ` · ${f.rule || "?"} threshold ${typed(f.threshold)}`;
   const random = Object.entries(m.weights || {}).filter(([, w]) => w === "random").map(([d]) => d);
   $("random-banner").hidden = random.length === 0;
   $("random-banner").textContent = random.length
     ? `RANDOM WEIGHTS (${random.join(", ")}): these answers are meaningless — a test build, not a detector.` : "";
   if (!$("blur-level").dataset.touched) {
+    const input = $("blur-threshold"), exact = f.nsfw_threshold ?? 0.5;
     $("blur-level").value = f.nsfw_level || "medium";
-    $("blur-threshold").value = f.nsfw_threshold ?? 0.5;
+    input.value = typed(exact);
+    input.dataset.exact = String(exact);   // blurs as the server decides is_nsfw until the reviewer types
+    input.dataset.shown = input.value;
+    input.title = `served: at_least[${f.nsfw_level || "medium"}] >= ${exact}`;
   }
   $("key-button").textContent = apiKey() ? "API key ✓" : "API key";
 }
@@ -236,15 +246,23 @@ function reasonOf(item) {
 
 function nsfwLevel(item) { return item.doc && item.doc.nsfw ? item.doc.nsfw.level : null; }
 
+// The served threshold exactly while the input still shows it rounded; what the reviewer typed otherwise.
+function blurThreshold() {
+  const input = $("blur-threshold");
+  if (input.dataset.exact !== undefined && input.value === input.dataset.shown) return Number(input.dataset.exact);
+  const value = parseFloat(input.value);
+  return Number.isFinite(value) ? value : 0.5;
+}
+
 function blurred(item) {
   if (item.revealed) return false;
   const level = $("blur-level").value;
   if (!level) return false;
-  const threshold = parseFloat($("blur-threshold").value);
+  const threshold = blurThreshold();
   const nsfw = item.doc && item.doc.nsfw;
   if (!nsfw || !nsfw.at_least) return false;
   const score = level === "neutral" ? 1 : nsfw.at_least[level];
-  return typeof score === "number" && score >= (Number.isFinite(threshold) ? threshold : 0.5);
+  return typeof score === "number" && score >= threshold;
 }
 
 const SORTS = {
