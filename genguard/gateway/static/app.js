@@ -36,13 +36,13 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-// A probability as shown (4 decimals); the exact number the API sent is in data-value.
 // A served threshold as a person would type it: at most 3 decimals, no trailing zeros
 // (0.8677880859545739 -> "0.868", 0.5 -> "0.5"). The exact value stays what decides (blurThreshold).
 function typed(value) {
   return typeof value === "number" && Number.isFinite(value) ? String(Number(value.toFixed(3))) : "?";
 }
 
+// A probability as shown (4 decimals); the exact number the API sent is in data-value.
 function num(value, cls) {
   if (typeof value !== "number") return el("span", {class: "num " + (cls || ""), text: "—"});
   return el("span", {class: "num " + (cls || ""), "data-value": String(value), text: value.toFixed(4)});
