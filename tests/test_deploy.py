@@ -1,9 +1,10 @@
 """Kubernetes manifests (deploy/): every overlay renders with the real kustomize (`kubectl kustomize`), every
 object validates offline against the Kubernetes API schemas (PyPI kubernetes-validate; the ServiceMonitor CRD
-against the structure checked here, the gateway's bearer-token Secret reference included), and the deployment policies hold: GPU limit on GPU overlays and none on
-the CPU one, probes, hardening, graceful shutdown consistent with the server's exit timeout, ports equal to
-genguard.server's constants, the autoscaler wired to the prometheus-adapter rule, and the tritonserver flags
-taken from genguard.server (the one source) rather than copied into the manifests.
+against the structure checked here, the gateway's bearer-token Secret reference included), and the
+deployment policies hold: GPU limit on GPU overlays and none on the CPU one, probes, hardening, graceful
+shutdown consistent with the server's exit timeout, ports equal to genguard.server's constants, the
+autoscaler wired to the prometheus-adapter rule, Prometheus scraping the gateway with a key, and the
+tritonserver flags taken from genguard.server (the one source) rather than copied into the manifests.
 
 Needs kubectl with kustomize v5 next to this Python or on PATH (`deploy/tools/install-kubectl.sh`). No cluster.
 """

@@ -213,20 +213,22 @@ def _extended_cases() -> dict[str, tuple[bytes, str, MetadataLimits]]:
     header = len(F.XMP_EXTENSION) + 32
     overlap = (0xE1, segments[1][1][:header + 4] + (60_000).to_bytes(4, "big") + packet[60_000:61_000])
     bomb = F.ENTITY_BOMB.replace(b"<x:xmpmeta", b"<!-- -->" * 10_000 + b"<x:xmpmeta")  # > 64 KB, with a DTD
+    skipped = f"extended XMP {guid} skipped: "
+    past_the_end = segments[0][1][:header] + struct.pack(">II", len(packet), len(packet) - 1) + packet[:2]
     cases = {
-        "a changed byte": ([segments[0], (0xE1, bytes(tampered)), segments[2]], f"extended XMP {guid} skipped: its MD5"),
-        "a missing middle segment": ([segments[0], segments[2]], f"extended XMP {guid} skipped: bytes 65000-129999 are missing"),
-        "a missing last segment": (segments[:2], f"extended XMP {guid} skipped: incomplete: 130000 of {len(packet)} bytes"),
-        "overlapping segments": (segments[:1] + [overlap] + segments[1:], f"extended XMP {guid} skipped: its segments overlap"),
+        "a changed byte": ([segments[0], (0xE1, bytes(tampered)), segments[2]], skipped + "its MD5"),
+        "a missing middle segment": ([segments[0], segments[2]], skipped + "bytes 65000-129999 are missing"),
+        "a missing last segment": (segments[:2], skipped + f"incomplete: 130000 of {len(packet)} bytes"),
+        "overlapping segments": (segments[:1] + [overlap] + segments[1:], skipped + "its segments overlap"),
         "lengths that disagree": (segments[:2] + F.extension_segments(packet, full_length=len(packet) + 1)[2:],
-                                  f"extended XMP {guid} skipped: its segments declare different lengths"),
-        "only a portion past its length": ([(0xE1, segments[0][1][:header] + struct.pack(">II", len(packet), len(packet) - 1)
-                                             + packet[:2])], f"malformed extended XMP segment of {guid} skipped"),
-        "no segment at all": ([], f"extended XMP {guid} skipped: no extended XMP segment carries it"),
-        "a DTD inside": (F.extension_segments(bomb), f"extended XMP {F.guid_of(bomb)} skipped: DTDForbidden"),
+                                  skipped + "its segments declare different lengths"),
+        "only a portion past its length": ([(0xE1, past_the_end)], f"malformed extended XMP segment of {guid} skipped"),
+        "no segment at all": ([], skipped + "no extended XMP segment carries it"),
     }
-    out = {name: (F.jpeg_with_extended_xmp(packet, segs), note, MetadataLimits()) for name, (segs, note) in cases.items()}
-    out["a DTD inside"] = (F.jpeg_with_extended_xmp(bomb), cases["a DTD inside"][1], MetadataLimits())
+    out = {name: (F.jpeg_with_extended_xmp(packet, segs), note, MetadataLimits())
+           for name, (segs, note) in cases.items()}
+    out["a DTD inside"] = (F.jpeg_with_extended_xmp(bomb), f"extended XMP {F.guid_of(bomb)} skipped: DTDForbidden",
+                           MetadataLimits())
     out["over the XMP limit"] = (F.jpeg_with_extended_xmp(packet), f"extended XMP {guid} of {len(packet)} bytes "
                                  "skipped (limit 100000)", MetadataLimits(max_xmp_bytes=100_000))
     out["over the segment limit"] = (F.jpeg_with_extended_xmp(packet), "extended XMP segments past the first 2 skipped",
