@@ -3,6 +3,7 @@ runs while the code that makes it is unchanged; one real tritonserver for the wh
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -43,11 +44,20 @@ def cached_build(kind: str, tmp_path_factory, make: Callable[[Path], None]) -> P
     done = build / ".complete"  # made in place (records name their paths), marked whole when it is
     if done.is_file():
         return build
-    for old in build.parent.glob(f"{kind}-*"):  # a half build, or earlier code's (~0.6 GB each)
-        shutil.rmtree(old, ignore_errors=True)
-    build.mkdir(parents=True)
-    make(build)
-    done.touch()
+    build.parent.mkdir(parents=True, exist_ok=True)
+    with open(build.parent / f".{kind}.lock", "w") as lock:  # two runs at once: one builds, the other waits
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.is_file():
+            return build
+        # a half build of this code, and earlier code's builds but the newest (~0.6 GB each; a run of the
+        # code before the last change may still be reading that one)
+        shutil.rmtree(build, ignore_errors=True)
+        older = sorted(build.parent.glob(f"{kind}-*"), key=lambda p: p.stat().st_mtime)
+        for old in older[:-1]:
+            shutil.rmtree(old, ignore_errors=True)
+        build.mkdir()
+        make(build)
+        done.touch()
     return build
 
 
@@ -170,3 +180,35 @@ def triton(tiny_build, tmp_path_factory, c2pa_cas) -> RunningServer:
                            provenance=ProvenanceConfig(trust_anchors=c2pa_cas[0].pem))
     yield running
     server.stop_pid(running.process.pid)
+
+
+# -- the run's summary: which tests met the real server, gateway and browser --------------------------------
+
+_MET = ("server", "gateway", "browser")
+_passed: dict[str, list[str]] = {kind: [] for kind in _MET}
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.passed:
+        for kind in _MET:
+            if kind in report.keywords:
+                _passed[kind].append(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name what the run proved end to end: every passed test that talked to a real tritonserver, gateway or
+    browser, by file (the fast tier's short list shows at a glance that the served path was exercised)."""
+    if not any(_passed.values()):
+        terminalreporter.write_line("no test talked to a real tritonserver in this run")
+        return
+    terminalreporter.section("real services met")
+    for kind in _MET:
+        by_file: dict[str, list[str]] = {}
+        for nodeid in _passed[kind]:
+            path, _, name = nodeid.partition("::")
+            by_file.setdefault(path, []).append(name)
+        if by_file:
+            terminalreporter.write_line(f"{kind}: {len(_passed[kind])} passed")
+            for path, names in by_file.items():
+                shown = ", ".join(names[:3]) + (f", … (+{len(names) - 3})" if len(names) > 3 else "")
+                terminalreporter.write_line(f"  {path}: {shown}")
