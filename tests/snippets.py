@@ -132,10 +132,9 @@ def run(build: Path, work: Path, ids: list[str], timeout: float) -> dict:
     from genguard import server
 
     where = isolate()
-    served = work / "build"
-    served.mkdir(parents=True)
-    for part in ("onnx", "checkpoints"):  # the served copy's own pid/log/repository; the models are shared
-        (served / part).symlink_to(build / part)
+    served = work / "build"  # a copy: `make serve` writes its pid, log and repository there, and may export
+    for part in ("onnx", "checkpoints"):
+        shutil.copytree(build / part, served / part)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     started = subprocess.run([sys.executable, "-m", "genguard.export.serve", "--weights", "random",
                               "--build", str(served), "--timeout", "240"],
