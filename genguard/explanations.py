@@ -249,3 +249,53 @@ def entry(
     if cost is not None:
         out["forward_passes"] = cost
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# a requested label (rather than the predicted one)
+
+# genguard_explain's optional input, BYTES [1] per image: JSON {detector: {head: label}}. Absent (or a head not
+# named in it): the predicted label's map, as before.
+LABELS_INPUT = "EXPLAIN_LABELS"
+
+
+def parse_labels(choice, detectors: Sequence) -> dict[str, dict[str, str]]:
+    """A request's label choice as {detector: {head: label}}; ValueError naming the valid choices otherwise.
+
+    choice: a mapping {detector: label} (a one-head detector), {detector: {head: label}} or
+    {"detector.head": label}; or strings "detector=label" / "detector.head=label" (the gateway's query form).
+    detectors: the DetectorSpecs that may be named (every head of each, with its labels).
+    """
+    by_name = {spec.name: spec for spec in detectors}
+    pairs: list[tuple[str, object]] = []
+    if isinstance(choice, dict):
+        pairs = list(choice.items())
+    else:
+        for item in choice or []:
+            key, sep, label = str(item).partition("=")
+            if not sep or not key or not label:
+                raise ValueError(f"{item!r} is not <detector>=<label> or <detector>.<head>=<label>")
+            pairs.append((key, label))
+    out: dict[str, dict[str, str]] = {}
+    for key, value in pairs:
+        detector, _, head = str(key).partition(".")
+        spec = by_name.get(detector)
+        if spec is None:
+            raise ValueError(f"unknown detector {detector!r}: choose from {', '.join(by_name)}")
+        heads = {h.name: h for h in spec.heads}
+        if isinstance(value, dict) and not head:
+            chosen = list(value.items())
+        elif head or len(heads) == 1:
+            chosen = [(head or spec.heads[0].name, value)]
+        else:
+            raise ValueError(f"{detector} has heads {', '.join(heads)}: name one, as {detector}.<head>=<label>")
+        for head_name, label in chosen:
+            if head_name not in heads:
+                raise ValueError(f"{detector} has no head {head_name!r}: its heads are {', '.join(heads)}")
+            labels = heads[head_name].labels
+            if not isinstance(label, str) or label not in labels:
+                raise ValueError(f"{detector}.{head_name} has no label {label!r}: choose from {', '.join(labels)}")
+            previous = out.setdefault(detector, {}).setdefault(head_name, label)
+            if previous != label:
+                raise ValueError(f"{detector}.{head_name} is given two labels, {previous!r} and {label!r}")
+    return out

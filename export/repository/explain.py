@@ -63,13 +63,21 @@ def explain_model_config(det: ExportedDetector, plan: dict, max_batch: int,
     return config
 
 
+def labels_input(config: mc.ModelConfig) -> None:
+    """The optional EXPLAIN_LABELS input (BYTES [1] per image, JSON {detector: {head: label}}): absent, every
+    map is the predicted label's; the ensemble hands it to postprocess_explain, which picks those maps."""
+    _tensor(config.input, explanations.LABELS_INPUT, mc.TYPE_STRING, [1]).optional = True
+
+
 def explain_ensemble_config(dets: list[ExportedDetector], plans: dict[str, dict],
                             inputs: dict[str, specs.InputSpec], max_batch: int,
                             validate: bool = False) -> mc.ModelConfig:
     """validate=True (GPU targets): the entry steps are validate and the DALI preprocess, as in `genguard`."""
     config, outputs, steps = ensemble_entry(explanations.EXPLAIN_ENSEMBLE, dets, inputs, max_batch, validate)
+    labels_input(config)
     post = mc.ModelEnsembling.Step(model_name=explanations.EXPLAIN_POSTPROCESS, model_version=-1)
     post.input_map[protocol.IMAGE_INFO] = protocol.IMAGE_INFO
+    post.input_map[explanations.LABELS_INPUT] = explanations.LABELS_INPUT
     for det in dets:
         spec = det.spec
         explained = "method" in plans[spec.name]
@@ -148,6 +156,7 @@ def render_explain(out: Path, dets: list[ExportedDetector], inputs: dict[str, sp
                          onnx=plan["onnx"], copy=copy)
     post = postprocess_config(dets, max_batch, fusion, chosen)
     post.name = explanations.EXPLAIN_POSTPROCESS
+    labels_input(post)
     for det in dets:
         if "method" in plans[det.spec.name]:
             grid = plans[det.spec.name]["grid"]
