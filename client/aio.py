@@ -64,10 +64,10 @@ class AsyncClient(BaseClient):
             self._set_max_batch(await self._call(lambda t: t.model_config(self.model)))
         return self._effective_batch()
 
-    async def _send(self, batch: list[Loaded]) -> list[Result]:
+    async def _send(self, batch: list[Loaded], labels: str | None = None) -> list[Result]:
         array = self._pack(batch)
         try:
-            response = await self._call(lambda t: t.infer(self.model, array), lost=True, infer=True)
+            response = await self._call(lambda t: t.infer(self.model, array, labels), lost=True, infer=True)
         except Exception as exc:
             return self._send_failed(batch, exc)
         return self._results(batch, response)
@@ -75,8 +75,9 @@ class AsyncClient(BaseClient):
     # -- API ------------------------------------------------------------------------------------------
 
     async def detect(self, inputs: Any, *, recursive: bool = False,
-                     on_progress: Callable[[int, int], None] | None = None) -> list[Result]:
+                     on_progress: Callable[[int, int], None] | None = None, explain_labels=None) -> list[Result]:
         """See Client.detect."""
+        labels = self._labels(explain_labels)
         items = await asyncio.to_thread(collect, inputs, recursive)
         if not items:
             return []
@@ -93,7 +94,7 @@ class AsyncClient(BaseClient):
 
         async def send(batch: list[Loaded]) -> list[Result]:
             try:
-                return await self._send(batch)
+                return await self._send(batch, labels)
             finally:
                 slots.release()
 

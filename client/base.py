@@ -131,6 +131,17 @@ class BaseClient:
             raise exc
         return None
 
+    @staticmethod
+    def _labels(explain_labels) -> str | None:
+        """detect()'s explain_labels as the EXPLAIN_LABELS JSON, checked against the detectors' heads and labels
+        (ValueError naming the valid ones); None when none is chosen."""
+        if not explain_labels:
+            return None
+        from genguard import specs
+        from genguard.explanations import parse_labels
+
+        return json.dumps(parse_labels(explain_labels, [specs.get(n) for n in specs.DETECTORS]))
+
     def _set_max_batch(self, config: dict) -> None:
         self._max_batch = int(config.get("max_batch_size", 0))
 

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("paths", nargs="+", metavar="PATH", help="image file, directory or glob")
     explain.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the overlays and JSON")
     explain.add_argument("-r", "--recursive", action="store_true", help="descend into sub-directories")
+    explain.add_argument("--label", action="append", default=[], metavar="DETECTOR[.HEAD]=LABEL",
+                         help="map this label instead of the predicted one (repeatable), e.g. sumsub_sd=real "
+                              "or hive_effb4.source=midjourney")
     explain.set_defaults(timeout=600.0)  # occlusion of the transformers takes tens of forward passes an image
 
     sub.add_parser("health", parents=[connection], epilog=EXIT_CODES,
@@ -271,13 +274,20 @@ def explain(args, parser: argparse.ArgumentParser) -> int:
 
     if args.protocol == "rest":
         parser.error("genguard explain talks to Triton (grpc or http), not to the REST gateway")
+    from genguard import specs
+    from genguard.explanations import parse_labels
+
+    try:
+        labels = parse_labels(args.label, [specs.get(n) for n in specs.DETECTORS])
+    except ValueError as exc:
+        parser.error(f"--label: {exc}")
     items = collect(_expand(args.paths, parser, sys.stdin), recursive=args.recursive)
     if not items:
         print("genguard: no images: the given directories are empty", file=sys.stderr)
         return EXIT_FAILED
     try:
         with _client(args, model=EXPLAIN_ENSEMBLE, concurrency=1) as client:
-            results = client.detect(items)
+            results = client.detect(items, explain_labels=labels)
     except (ServerUnavailable, ModelNotReady, RequestTimeout) as exc:
         print(f"genguard: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

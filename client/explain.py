@@ -99,14 +99,16 @@ def write_explanations(image: Image.Image | str | Path | bytes, result: dict, ou
     return written
 
 
-def explain(inputs, url: str | None = None, **client_kwargs) -> list:
+def explain(inputs, url: str | None = None, *, labels=None, **client_kwargs) -> list:
     """Client.detect() through the `genguard_explain` ensemble: one Result per image, in input order, whose
-    `raw["explanations"]` holds the maps (per detector, one entry per head). Takes Client's arguments
-    (protocol, timeout, tls...); the server must serve genguard_explain (make serve EXPLAIN=1)."""
+    `raw["explanations"]` holds the maps (per detector, one entry per head). labels: the label to map per
+    head instead of the predicted one ({"sumsub_sd": "real", "hive_effb4": {"source": "midjourney"}} or
+    ["sumsub_sd=real", "hive_effb4.source=midjourney"]; ValueError naming the valid ones). Takes Client's
+    arguments (protocol, timeout, tls...); the server must serve genguard_explain (make serve EXPLAIN=1)."""
     from genguard.explanations import EXPLAIN_ENSEMBLE
 
     from .sync import Client
 
     client_kwargs.setdefault("timeout", 600.0)  # occlusion of a transformer takes tens of forward passes
     with Client(url, model=EXPLAIN_ENSEMBLE, **client_kwargs) as client:
-        return client.detect(inputs)
+        return client.detect(inputs, explain_labels=labels)

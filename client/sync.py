@@ -102,10 +102,10 @@ class Client(BaseClient):
             self._set_max_batch(self._call(lambda t: t.model_config(self.model)))
         return self._effective_batch()
 
-    def _send(self, batch: list[Loaded], stop: threading.Event) -> list[Result]:
+    def _send(self, batch: list[Loaded], stop: threading.Event, labels: str | None = None) -> list[Result]:
         array = self._pack(batch)
         try:
-            response = self._call(lambda t: t.infer(self.model, array), lost=True, infer=True, stop=stop)
+            response = self._call(lambda t: t.infer(self.model, array, labels), lost=True, infer=True, stop=stop)
         except Exception as exc:
             return self._send_failed(batch, exc)
         return self._results(batch, response)
@@ -113,15 +113,19 @@ class Client(BaseClient):
     # -- API ------------------------------------------------------------------------------------------
 
     def detect(self, inputs: Any, *, recursive: bool = False,
-               on_progress: Callable[[int, int], None] | None = None) -> list[Result]:
+               on_progress: Callable[[int, int], None] | None = None, explain_labels=None) -> list[Result]:
         """One Result per image, in input order (a directory counts as its files, sorted).
 
         inputs: a path, directory, bytes, PIL image, or an iterable of them.
         recursive: descend into sub-directories of directory inputs.
         on_progress(done, total): called as results arrive.
+        explain_labels (the genguard_explain ensemble only): the label whose map each detector head answers,
+        {detector: label}, {detector: {head: label}} or ["detector[.head]=label", ...]; other heads answer
+        their predicted label's. An unknown detector, head or label raises ValueError before anything is sent.
         Raises ServerUnavailable (with .partial results) or ModelNotReady; per-image problems are
         FAILURE results.
         """
+        labels = self._labels(explain_labels)
         items = collect(inputs, recursive=recursive)
         if not items:
             return []
@@ -145,7 +149,7 @@ class Client(BaseClient):
                         finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                         for future in finished:
                             record(future.result())
-                    pending.add(pool.submit(self._send, batch, stop))
+                    pending.add(pool.submit(self._send, batch, stop, labels))
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:

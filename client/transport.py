@@ -149,10 +149,19 @@ def _modules(protocol_name: str, aio: bool):
     return module
 
 
-def _request(module, array: np.ndarray):
+def _request(module, array: np.ndarray, labels: str | None = None):
     image = module.InferInput(protocol.INPUT, list(array.shape), "UINT8")
     image.set_data_from_numpy(array)
-    return [image], [module.InferRequestedOutput(protocol.RESULT)]
+    inputs = [image]
+    if labels is not None:  # genguard_explain's optional EXPLAIN_LABELS: the same choice for every image
+        from genguard.explanations import LABELS_INPUT
+
+        rows = np.array([[labels.encode()]] * array.shape[0] if array.ndim == 2 else [labels.encode()],
+                        dtype=np.object_)
+        tensor = module.InferInput(LABELS_INPUT, list(rows.shape), "BYTES")
+        tensor.set_data_from_numpy(rows)
+        inputs.append(tensor)
+    return inputs, [module.InferRequestedOutput(protocol.RESULT)]
 
 
 def _config(doc: dict) -> dict:
@@ -194,8 +203,8 @@ class Transport:
     def model_metadata(self, model: str) -> dict:
         return self.client.get_model_metadata(model, **self.json_kw, **self.kw)
 
-    def infer(self, model: str, array: np.ndarray):
-        inputs, outputs = _request(self.module, array)
+    def infer(self, model: str, array: np.ndarray, labels: str | None = None):
+        inputs, outputs = _request(self.module, array, labels)
         return self.client.infer(model, inputs, outputs=outputs, **self.kw)
 
     def close(self) -> None:
@@ -233,8 +242,8 @@ class AsyncTransport:
     async def model_metadata(self, model: str) -> dict:
         return await self.client.get_model_metadata(model, **self.json_kw, **self.kw)
 
-    async def infer(self, model: str, array: np.ndarray):
-        inputs, outputs = _request(self.module, array)
+    async def infer(self, model: str, array: np.ndarray, labels: str | None = None):
+        inputs, outputs = _request(self.module, array, labels)
         return await self.client.infer(model, inputs, outputs=outputs, **self.kw)
 
     async def close(self) -> None:
