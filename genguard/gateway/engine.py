@@ -50,15 +50,17 @@ class Engine:
                         f"GenGuard's inference server at {self.settings.triton_url} {what}: retry after "
                         f"{self.settings.retry_after_s} s", {"Retry-After": str(self.settings.retry_after_s)})
 
-    async def detect(self, images: list[bytes], explain: bool = False) -> list[dict]:
+    async def detect(self, images: list[bytes], explain: bool = False,
+                     explain_labels: dict | None = None) -> list[dict]:
         """One document per image, in order, each with `index` = its position in `images`; explain: through
-        the `genguard_explain` ensemble (the same documents plus `explanations`)."""
+        the `genguard_explain` ensemble (the same documents plus `explanations`), explain_labels: the checked
+        {detector: {head: label}} whose maps to answer instead of the predicted labels'."""
         retry_after = {"Retry-After": str(self.settings.retry_after_s)}
         client = self.explain_client() if explain else self.client
 
         async def forward():
             async with self.limiter.slot():
-                return await client.detect(images)
+                return await client.detect(images, explain_labels=explain_labels if explain else None)
 
         try:
             results = await asyncio.wait_for(forward(), self.settings.deadline_s)

@@ -37,6 +37,11 @@ class DetectRequest(BaseModel):
     input: list[str] = Field(min_length=1, description=f"images as data URLs, `{DATA_URL}`")
     names: list[str] | None = Field(default=None, description="one name per input, echoed in `name` "
                                                               "(default: input[<i>])")
+    explain_labels: dict[str, str | dict[str, str]] | None = Field(
+        default=None, description="with explanations: the label whose map each named detector head answers "
+                                  "instead of its predicted label's, `{detector: label}` (one-head detectors) or "
+                                  "`{detector: {head: label}}` (implies `?explain=true`; see docs/explanations.md)",
+        examples=[{"sumsub_sd": "real", "hive_effb4": {"source": "midjourney"}}])
 
 
 class DetectMultipart(BaseModel):

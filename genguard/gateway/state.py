@@ -18,8 +18,9 @@ class GatewayState:
     engine: Engine
     metrics: Metrics
 
-    async def answer(self, route: str, images: list[bytes], explain: bool = False) -> list[dict]:
+    async def answer(self, route: str, images: list[bytes], explain: bool = False,
+                     explain_labels: dict | None = None) -> list[dict]:
         """Forward the images; one document per image (index = position), counted in the metrics."""
-        docs = await self.engine.detect(images, explain=explain)
+        docs = await self.engine.detect(images, explain=explain, explain_labels=explain_labels)
         self.metrics.record_documents(route, docs)
         return docs

@@ -45,16 +45,41 @@ async def _multipart(request: Request, max_images: int) -> tuple[list[bytes], li
     return images, names
 
 
+def _labels(choice, where: str) -> dict[str, dict[str, str]]:
+    """The checked label choice, or 422 naming the valid detectors, heads or labels (before any inference)."""
+    from genguard import specs
+    from genguard.explanations import parse_labels
+
+    try:
+        return parse_labels(choice, [specs.get(n) for n in specs.DETECTORS])
+    except ValueError as exc:
+        raise ApiError(422, "invalid_explain_label", f"{where}: {exc}") from None
+
+
+def _merge(query: dict, body: dict) -> dict:
+    for detector, heads in body.items():
+        for head, label in heads.items():
+            if query.setdefault(detector, {}).setdefault(head, label) != label:
+                raise ApiError(422, "invalid_explain_label", f"{detector}.{head} is given two labels: "
+                               f"{query[detector][head]!r} (explain_label) and {label!r} (explain_labels)")
+    return query
+
+
 @router.post(PATH, dependencies=[Depends(require_key)], response_model=DetectResponse, responses=ERROR_RESPONSES,
              openapi_extra={"requestBody": BODY}, summary="Detect: upload files, or data URLs in JSON")
 async def detect(request: Request, explain: bool = Query(
         False, description="answer through the genguard_explain ensemble: each document gains `explanations` "
-                           "(heatmaps per detector head; slower: see docs/explanations.md)")):
+                           "(heatmaps per detector head; slower: see docs/explanations.md)"),
+        explain_label: list[str] = Query(
+            [], description="map this label instead of the predicted one, `<detector>=<label>` or "
+                            "`<detector>.<head>=<label>` (repeatable; implies explain=true), e.g. `sumsub_sd=real`")):
     """Multipart: one or many `file` fields (`curl -F file=@a.jpg -F file=@b.png`). JSON: `{"input":
     ["data:image/<type>;base64,..."], "names": [...]}`. Answers GenGuard's full document per image, in
-    order, with `index` and `name`; a bad image is that item's FAILURE. `?explain=true` adds heatmaps."""
+    order, with `index` and `name`; a bad image is that item's FAILURE. `?explain=true` adds heatmaps;
+    `explain_label` (or JSON `explain_labels`) names the label to map per head instead of the predicted one."""
     state = request.app.state.gateway
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    labels = _labels(explain_label, "explain_label")
     async with state.limiter.admit():
         if kind == "multipart/form-data":
             images, names = await _multipart(request, state.settings.max_images)
@@ -65,10 +90,12 @@ async def detect(request: Request, explain: bool = Query(
                 raise ApiError(422, "invalid_request",
                                f"names has {len(body.names)} entries for {len(body.input)} inputs: give one per input")
             names = body.names or [f"input[{i}]" for i in range(len(images))]
+            if body.explain_labels:
+                labels = _merge(labels, _labels(body.explain_labels, "explain_labels"))
             del body
         else:
             raise ApiError(415, "unsupported_media_type",
                            f"Content-Type {kind or '(none)'} is not accepted here: send multipart/form-data with "
                            "`file` fields, or application/json with data URLs")
-        docs = await state.answer(PATH, images, explain=explain)
+        docs = await state.answer(PATH, images, explain=explain or bool(labels), explain_labels=labels or None)
     return JSONResponse({"data": [{**d, "name": n} for d, n in zip(docs, names)]})
