@@ -522,22 +522,64 @@ function explanations(item, ex) {
   }
   if (!entries.length) { box.hidden = true; return; }
   box.hidden = false;
+  const predicted = (e) => e.target === "predicted" ? e.target_label : e.predicted_label;
   const select = el("select", {id: "d-explain-select", "aria-label": "detector head to explain"},
     entries.map(([det, e], i) => el("option", {value: String(i), text: `${det} · ${e.head} → ${e.target_label} (${e.method})`})));
+  // The label picker: the head's labels (the predicted one first answered); another label's map is asked for
+  // with ?explain_label=<detector>.<head>=<label> for this image and kept on the item.
+  const labels = el("select", {id: "d-explain-label", "aria-label": "label whose evidence the heatmap shows"});
   const canvas = el("canvas", {id: "d-explain-canvas", class: "explain", "data-block": "explanation"});
   const note = el("p", {class: "muted"});
   const img = new Image();
+  const fillLabels = () => {
+    const e = entries[Number(select.value)][1];
+    labels.replaceChildren(...(e.labels || [e.target_label]).map((l) =>
+      el("option", {value: l, text: l === predicted(e) ? `${l} (predicted)` : l})));
+    labels.value = e.target_label;
+  };
   const show = () => {
-    const [det, e] = entries[Number(select.value)];
-    canvas.dataset.detector = det; canvas.dataset.head = e.head;
-    note.textContent = `${e.method}${e.target_layer ? " at " + e.target_layer : ""}, grid ${e.grid.join("×")}, ` +
+    const [det, served] = entries[Number(select.value)], label = labels.value, key = `${det}.${served.head}=${label}`;
+    const e = label === served.target_label ? served : (item.labelMaps || {})[key];
+    canvas.dataset.detector = det; canvas.dataset.head = served.head;
+    if (!e) {
+      canvas.dataset.label = "";
+      note.textContent = `computing the map for ${label}…`;
+      labelMap(item, det, served.head, label).then(
+        () => { if (labels.value === label && entries[Number(select.value)][0] === det) show(); },
+        (err) => { if (labels.value === label) note.textContent = `${err.code || "error"}: ${err.message}`; });
+      return;
+    }
+    canvas.dataset.label = e.target_label;
+    note.textContent = `evidence for ${e.target_label}${e.target_label === predicted(served) ? " (predicted)" : ""}: ` +
+      `${e.method}${e.target_layer ? " at " + e.target_layer : ""}, grid ${e.grid.join("×")}, ` +
       `${(e.geometry || {}).resize === "squash" ? "whole image (squash)" : "center crop (the rest was not seen)"}`;
     if (img.complete && img.naturalWidth) drawOverlay(canvas, img, e);
   };
   img.onload = show;
   img.src = item.url;
-  select.addEventListener("change", show);
-  box.append(el("h3", {text: "Why: heatmap"}), select, canvas, note);
+  fillLabels();
+  select.addEventListener("change", () => { fillLabels(); show(); });
+  labels.addEventListener("change", show);
+  box.append(el("h3", {text: "Why: heatmap"}), select, labels, canvas, note);
+}
+
+async function labelMap(item, detector, head, label) {
+  const key = `${detector}.${head}=${label}`;
+  const form = new FormData();
+  form.append("file", item.file, item.name);
+  let response;
+  try {
+    response = await fetch("/v1/detect?explain_label=" + encodeURIComponent(key),
+      {method: "POST", body: form, headers: headers()});
+  } catch (e) {
+    throw {code: "unreachable", message: "the gateway cannot be reached"};
+  }
+  if (!response.ok) throw await errorOf(response);
+  const doc = (await response.json()).data[0];
+  const found = ((doc.explanations || {})[detector] || []).find((x) => x.head === head && x.map);
+  if (!found) throw {code: "no_map", message: (doc.error && doc.error.message) || `no map for ${key}`};
+  (item.labelMaps = item.labelMaps || {})[key] = found;
+  return found;
 }
 
 function provenance(p) {
