@@ -120,6 +120,65 @@ def build_qdq(fp32: Path, dst: Path, calibration: np.ndarray, *, per_channel: bo
 
 
 # ---------------------------------------------------------------------------------------------------
+# mixed bf16 (OpenVINO IR)
+
+MIXED_RT_INFO = ["genguard", "mixed_precision"]  # where an IR's build settings live in its rt_info
+
+
+def build_mixed_ir(fp32: Path, dst: Path, *, fp32_sha256: str | None = None) -> dict:
+    """fp32 -> dst (an OpenVINO IR: dst and dst.with_suffix(".bin")) whose layers of engines.MIXED_F32_TYPES keep
+    f32 under a bf16 inference precision, built once here so that a detector loading it reads it as is. The Python
+    API cannot create OpenVINO's DisablePrecisionConversion runtime attribute, so the IR's XML is edited: each
+    layer gets the attribute as the IR serialiser writes it. The settings (in the IR's rt_info, and returned) name
+    the sha256 of the FP32 file it was made from; the ONNX file's genguard.* metadata stays in rt_info["framework"]."""
+    import xml.etree.ElementTree as ET
+
+    import openvino as ov
+
+    settings = {"method": "OpenVINO IR, DisablePrecisionConversion on these op types",
+                "f32_types": list(engines.MIXED_F32_TYPES), "openvino": ov.get_version(),
+                "fp32_sha256": fp32_sha256 or sha256_file(fp32)}
+    model = ov.Core().read_model(os.fspath(fp32))
+    model.set_rt_info(json.dumps(settings), MIXED_RT_INFO)
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        xml_path = Path(tmp) / dst.name
+        ov.save_model(model, os.fspath(xml_path), compress_to_fp16=False)
+        tree = ET.parse(xml_path)
+        kept = 0
+        for layer in tree.getroot().iter("layer"):
+            if layer.get("type") not in engines.MIXED_F32_TYPES:
+                continue
+            rt_info = layer.find("rt_info")
+            if rt_info is None:
+                rt_info = ET.SubElement(layer, "rt_info")
+            ET.SubElement(rt_info, "attribute", name="DisablePrecisionConversion", version="0",
+                          value="dynamic:f16,bf16")
+            kept += 1
+        tree.write(xml_path, encoding="utf-8", xml_declaration=True)
+        os.replace(xml_path.with_suffix(".bin"), dst.with_suffix(".bin"))
+        os.replace(xml_path, dst)
+    return {**settings, "marked_layers": kept}
+
+
+def ir_settings(path: Path) -> dict:
+    """The settings build_mixed_ir wrote into an IR's rt_info ({} when the pair is incomplete or foreign)."""
+    import xml.etree.ElementTree as ET
+
+    if not all(p.is_file() for p in engines.option_files(path)):
+        return {}
+    try:
+        element = ET.parse(path).getroot().find("rt_info/" + "/".join(MIXED_RT_INFO))
+        return json.loads(element.get("value"))
+    except Exception:  # noqa: BLE001 - an unreadable or foreign file is simply not current
+        return {}
+
+
+def _ir_made_from(path: Path) -> str | None:
+    """The sha256 of the FP32 file an IR was built from (its rt_info), or None."""
+    return ir_settings(path).get("fp32_sha256")
+
+
+# ---------------------------------------------------------------------------------------------------
 # measuring
 
 
@@ -162,8 +221,27 @@ _SHA256: dict[tuple, str] = {}
 
 
 def _sha256(path: Path) -> str:
-    """sha256_file, remembered for this process while the file's size, time and inode stay the same (EVA02's
-    model.onnx is ~1 GB: `best` and the renderer would otherwise hash it once per option)."""
+    """The sha256 an option file is recorded with (engines.files_sha256: an OpenVINO IR's over its .xml and .bin),
+    each file's remembered for this process while its size, time and inode stay the same (EVA02's model.onnx is
+    ~1 GB: `best` and the renderer would otherwise hash it once per option)."""
+    return engines.files_sha256(path, _file_sha256)
+
+
+def files_changed(folder: Path, record: dict) -> list[str]:
+    """The files of `record`'s option (its .xml and .bin for an IR) missing from `folder` or changed since it was
+    measured, by name ("model.bf16-mixed.bin changed"); [] when all match."""
+    path = Path(folder) / record.get("file", "")
+    missing = [f"{f.name} is missing" for f in engines.option_files(path) if not f.is_file()]
+    if missing:
+        return missing
+    if _sha256(path) == record.get("sha256"):
+        return []
+    each = record.get("files_sha256", {})
+    named = [f"{f.name} changed" for f in engines.option_files(path) if each.get(f.name) not in (None, _file_sha256(f))]
+    return named or [f"{path.name} changed"]
+
+
+def _file_sha256(path: Path) -> str:
     st = Path(path).stat()
     key = (os.fspath(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
     if key not in _SHA256:
@@ -248,6 +326,12 @@ def measure_detector(build: Path, name: str, options: list[str], *, images: dict
             photos = [n for n in names if n in samples.photos()]
             record["quantization"] = build_qdq(fp32, path, pixels[[names.index(n) for n in photos]],
                                                fp32_sha256=fp32_sha)
+        if option.file == engines.MIXED_FILE and _ir_made_from(path) != fp32_sha:
+            say(f"{step}: building {option.file} + .bin (OpenVINO IR, {', '.join(engines.MIXED_F32_TYPES)} marked "
+                "to keep f32) ...")
+            build_mixed_ir(fp32, path, fp32_sha256=fp32_sha)
+        if option.file == engines.MIXED_FILE:
+            record["mixed_precision"] = ir_settings(path)
         if option.file == engines.INT8_FILE:
             if not _int8_vouched(folder, fp32_sha):
                 from genguard.export.quantize import quantize_detector
@@ -280,6 +364,10 @@ def measure_detector(build: Path, name: str, options: list[str], *, images: dict
         say(f"{step}: running {len(names)} images, then timing it against FP32 ({speed_rounds} rounds, batch 1) ...")
         probs = _probs(spec, engine, pixels)
         record.update({"sha256": _sha256(path), "vs_fp32": _compare(spec, base, probs, names)})
+        if getattr(engine, "kept_f32", None):  # bf16-mixed: the layers marked f32, and how many compiled ones run f32
+            record["mixed_precision"].update(marked_layers=len(engine.kept_f32), runtime_f32_layers=engine.f32_layers)
+        if len(engines.option_files(path)) > 1:  # an IR: the digest is over the pair; each file's names a change
+            record["files_sha256"] = {f.name: _file_sha256(f) for f in engines.option_files(path)}
         if ref is not None:
             record["vs_reference"] = _compare(spec, ref, probs, names)
             record["fp32_vs_reference"] = _compare(spec, ref, base, names)
@@ -394,12 +482,20 @@ def check_option(folder: Path, option_name: str, caps: dict[str, bool] | None = 
         raise OptionRefused(f"{name}: {option.name}: no accuracy record in {folder / 'parity.json'}"
                             + (f" ({why})" if why else "") + f"; measure it first: {hint}")
     path = folder / option.file
-    if not path.is_file():
-        raise OptionRefused(f"{name}: {option.name}: {path} is missing; {hint}")
+    for f in engines.option_files(path):
+        if not f.is_file():
+            raise OptionRefused(f"{name}: {option.name}: {f} is missing; {hint}")
+    if record.get("file") != option.file:
+        raise OptionRefused(f"{name}: {option.name}: the record is stale (measured on {record.get('file')}, served "
+                            f"from {option.file}); measure again: {hint}")
+    changed = files_changed(folder, record)
+    if changed:
+        raise OptionRefused(f"{name}: {option.name}: the record is stale ({', '.join(changed)} since it was measured: "
+                            f"sha256 differs); measure again: {hint}")
     actual = _sha256(path)
-    if actual != record.get("sha256") or (fp32.is_file() and _sha256(fp32) != record.get("fp32_sha256")):
-        raise OptionRefused(f"{name}: {option.name}: the record is stale ({option.file} or model.onnx changed since "
-                            f"it was measured: sha256 differs); measure again: {hint}")
+    if fp32.is_file() and _sha256(fp32) != record.get("fp32_sha256"):
+        raise OptionRefused(f"{name}: {option.name}: the record is stale (model.onnx changed since it was measured: "
+                            f"sha256 differs); measure again: {hint}")
     if not record.get("within_budget"):
         sides = {s: record.get(s, {}) for s in ("vs_fp32", "vs_reference")}
         figures = ", ".join(f"{s}: max |Δprob| {v.get('max_abs_prob', float('nan')):.2g}, top-1 "
@@ -431,18 +527,20 @@ def _threads(n: int) -> str:
 
 
 def record_staleness(folder: Path, record: dict, fp32_sha256: str | None, cpu_model: str,
-                     threads: int = 0) -> str | None:
+                     threads: int = 0, option: str | None = None) -> str | None:
     """Why `record` no longer describes what would be served here (None: it does): it was measured for another
     model.onnx (a new checkpoint, revision or label order), another option file, on another CPU, or with
-    another thread count than the one served (ORT_THREADS)."""
+    another thread count than the one served (ORT_THREADS), or from another file than `option` now serves."""
     if not fp32_sha256 or record.get("fp32_sha256") != fp32_sha256:
         return "measured for another model.onnx (sha256 differs)"
+    served = engines.OPTIONS.get(option).file if option in engines.OPTIONS else record.get("file")
+    if record.get("file") != served:  # e.g. bf16-mixed measured when it rewrote model.onnx at load, not its own IR
+        return f"measured on {record.get('file')}, served from {served}"
     if "sha256" in record:
-        path = Path(folder) / record.get("file", "")
-        if not path.is_file():
-            return f"{record.get('file')} is missing"
-        if _sha256(path) != record["sha256"]:
-            return f"{record.get('file')} changed since it was measured (sha256 differs)"
+        changed = files_changed(folder, record)
+        if changed:
+            return "; ".join(c if c.endswith("missing") else f"{c} since it was measured (sha256 differs)"
+                             for c in changed)
     if record.get("cpu_model") != cpu_model:
         return f"measured on another CPU ({record.get('cpu_model') or 'not named in the record'})"
     if record.get("threads", 0) != threads:
@@ -463,7 +561,7 @@ def choose_best(folder: Path, caps: dict[str, bool] | None = None, threads: int 
     fp32 = folder / engines.FP32_FILE
     fp32_sha = _sha256(fp32) if fp32.is_file() else None
     here = cpus.cpu_model()
-    stale = {n: why for n, r in records.items() if (why := record_staleness(folder, r, fp32_sha, here, threads))}
+    stale = {n: why for n, r in records.items() if (why := record_staleness(folder, r, fp32_sha, here, threads, n))}
     causes = sorted(set(stale.values()))
     stale_text = "; ".join(f"{', '.join(n for n in stale if stale[n] == c)}: {c}" for c in causes)
     remeasure = f"stale records ({stale_text})" if stale else ""

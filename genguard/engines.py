@@ -13,16 +13,22 @@ Runtime code: no genguard.export import; openvino is imported only when an OpenV
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from genguard import cpus
+from genguard.checksums import sha256_file
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"   # dynamic INT8 of the MatMul/Gemm that carry the compute (export/quantize.py)
 QDQ_FILE = "model.qdq.onnx"     # static INT8, QDQ with calibration on the sample photos (export/cpu_options.py)
+# openvino-bf16-mixed's OpenVINO IR (+ model.bf16-mixed.bin): model.onnx with the layers of MIXED_F32_TYPES marked to
+# keep f32, prepared once by export/cpu_options.py (make cpu-options) so that a detector loading it rewrites nothing
+MIXED_FILE = "model.bf16-mixed.xml"
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ OPTIONS = {o.name: o for o in (
     Option("openvino-fp32", "openvino", "fp32", FP32_FILE, what="OpenVINO CPU plugin, f32 inference precision"),
     Option("openvino-bf16", "openvino", "bf16", FP32_FILE, needs=("bf16",),
            what="OpenVINO CPU plugin, bf16 inference precision (AVX-512 BF16 / AMX)"),
-    Option("openvino-bf16-mixed", "openvino", "bf16-mixed", FP32_FILE, needs=("bf16",),
+    Option("openvino-bf16-mixed", "openvino", "bf16-mixed", MIXED_FILE, needs=("bf16",),
            what="OpenVINO bf16 matrix multiplies; softmax, normalisation and the residual adds kept f32"),
     Option("openvino-int8", "openvino", "int8-qdq", QDQ_FILE, needs=("vnni",),
            what="the static QDQ file on OpenVINO's INT8 kernels (VNNI / AMX)"),
@@ -56,6 +62,24 @@ DEFAULT = "ort-fp32"
 # max |Δprob| 1.1e-2; these three kept f32 7.8e-3, ~10 % slower than all-bf16; keeping only some of them, or
 # the first/last blocks, bought less accuracy per second lost.
 MIXED_F32_TYPES = ("SoftMax", "MVN", "Add")
+MARK = "DisablePrecisionConversion_0"  # how a layer marked to keep f32 shows in an OpenVINO op's rt_info
+
+
+def option_files(path) -> list[Path]:
+    """The files an option file is served with: itself, and an OpenVINO IR's .bin (its weights)."""
+    path = Path(path)
+    return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+
+
+def files_sha256(path, digest=sha256_file) -> str:
+    """The sha256 an option file is recorded and checked with: the file's own, or for an OpenVINO IR one digest over
+    the pair (the sha256 of a sha256sum-style listing of the .xml and .bin digests), so that either file changing
+    changes it. `digest`: the per-file sha256 (a caching one in the exporter)."""
+    files = option_files(path)
+    if len(files) == 1:
+        return digest(files[0])
+    listing = "".join(f"{digest(f)}  {f.name}\n" for f in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 class OptionError(ValueError):
@@ -117,11 +141,14 @@ class OpenVinoEngine(Engine):
         import openvino.properties.hint as hints
 
         self.option = option
+        self.path = Path(path)
         core = ov.Core()
-        if option.precision == "bf16-mixed":
-            model, kept = keep_f32(core, path, MIXED_F32_TYPES)
-        else:
-            model, kept = core.read_model(os.fspath(path)), set()
+        if option.precision == "bf16-mixed" and self.path.suffix != ".xml":
+            raise OptionError(f"{option.name} runs its prepared OpenVINO IR ({MIXED_FILE} + .bin, which make "
+                              f"cpu-options builds from model.onnx), not {self.path.name}")
+        # bf16-mixed: the IR as prepared (its marked layers carry DisablePrecisionConversion); nothing is rewritten
+        self.model = model = core.read_model(os.fspath(path))
+        kept = marked_f32(model) if option.precision == "bf16-mixed" else set()
         config = {
             # Explicit: on a BF16-capable CPU the plugin's default inference precision is already bf16.
             # A QDQ file keeps its INT8 where it says so; f32 elsewhere.
@@ -144,6 +171,15 @@ class OpenVinoEngine(Engine):
                               f"marked f32 ({', '.join(MIXED_F32_TYPES)}) in f32 for this model (fused into bf16 "
                               "layers, or the marks are not honoured): it would be openvino-bf16; serve that instead")
 
+    def metadata(self) -> dict[str, str]:
+        """The ONNX file's custom metadata (genguard.*), which OpenVINO keeps in an IR's rt_info["framework"]."""
+        if self.path.suffix != ".xml":
+            from genguard import onnx_runtime
+
+            return onnx_runtime.metadata(self.path)
+        framework = self.model.get_rt_info()["framework"] if self.model.has_rt_info(["framework"]) else {}
+        return {k: v.astype(str) for k, v in framework.items()}
+
     def run(self, outputs, feeds):
         self.request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
         names = outputs or self.output_names
@@ -151,35 +187,10 @@ class OpenVinoEngine(Engine):
         return [np.array(self.request.get_tensor(n).data, copy=True) for n in names]
 
 
-def keep_f32(core, path, op_types: tuple[str, ...]):
-    """(model, names of the layers marked): `path` as an OpenVINO model whose layers of `op_types` keep f32 under
-    a bf16 inference precision. The Python API cannot create OpenVINO's DisablePrecisionConversion runtime
-    attribute, so the model goes through its IR (XML), where the attribute is written as the IR serialiser
-    writes it, and is read back."""
-    import tempfile
-    import xml.etree.ElementTree as ET
-
-    import openvino as ov
-
-    with tempfile.TemporaryDirectory(prefix="genguard-ov-") as tmp:
-        xml_path = os.path.join(tmp, "model.xml")
-        ov.save_model(core.read_model(os.fspath(path)), xml_path, compress_to_fp16=False)
-        tree = ET.parse(xml_path)
-        kept = set()
-        for layer in tree.getroot().iter("layer"):
-            if layer.get("type") not in op_types:
-                continue
-            rt_info = layer.find("rt_info")
-            if rt_info is None:
-                rt_info = ET.SubElement(layer, "rt_info")
-            ET.SubElement(rt_info, "attribute", name="DisablePrecisionConversion", version="0",
-                          value="dynamic:f16,bf16")
-            kept.add(layer.get("name"))
-        with open(os.path.join(tmp, "model.bin"), "rb") as f:
-            weights = f.read()
-    # read back from memory: a model read from the files keeps the (deleted) .bin mapped, and its disk held, for as
-    # long as it serves
-    return core.read_model(ET.tostring(tree.getroot()), weights), kept
+def marked_f32(model) -> set[str]:
+    """The names of `model`'s layers marked to keep f32 under a bf16 inference precision (see
+    genguard.export.cpu_options.build_mixed_ir)."""
+    return {op.get_friendly_name() for op in model.get_ops() if MARK in op.get_rt_info()}
 
 
 def runtime_f32_layers(compiled, names: set[str]) -> int:

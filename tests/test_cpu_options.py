@@ -182,28 +182,33 @@ def test_report_lists_each_record_and_what_best_serves(measured):
     assert "| yes | yes |" in qdq  # within budget, servable
 
 
-def test_mixed_bf16_marks_the_layers_it_keeps_f32(tiny_build):
-    """keep_f32 runs anywhere (no BF16 needed): the marked layers come back from OpenVINO's IR carrying
-    its DisablePrecisionConversion attribute, and nothing else is marked."""
+def test_mixed_bf16_ir_marks_the_layers_it_keeps_f32(tiny_build, tmp_path):
+    """build_mixed_ir runs anywhere (no BF16 needed): the marked layers of its IR carry OpenVINO's
+    DisablePrecisionConversion attribute when read back, nothing else is marked, and the IR names the model.onnx it
+    was built from and keeps its genguard.* metadata."""
     import openvino as ov
 
-    model, kept = engines.keep_f32(ov.Core(), tiny_build / "onnx" / "freepik_nsfw" / "model.onnx",
-                                   engines.MIXED_F32_TYPES)
-    marked = {op.get_friendly_name(): op.get_type_name() for op in model.get_ops()
-              if "DisablePrecisionConversion_0" in op.get_rt_info()}
-    assert set(marked) == kept and kept
+    onnx = tiny_build / "onnx" / "freepik_nsfw" / "model.onnx"
+    xml = tmp_path / engines.MIXED_FILE
+    settings = cpu_options.build_mixed_ir(onnx, xml)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bf16-mixed.bin", "model.bf16-mixed.xml"]
+    model = ov.Core().read_model(xml)
+    marked = {op.get_friendly_name(): op.get_type_name() for op in model.get_ops() if engines.MARK in op.get_rt_info()}
+    assert set(marked) == engines.marked_f32(model) and len(marked) == settings["marked_layers"] > 0
     assert set(marked.values()) == {"Softmax", "MVN", "Add"}  # IR "SoftMax" is opset8 Softmax
-    # read back from memory: no deleted temporary .bin stays mapped, holding its disk while the model serves
-    assert "genguard-ov-" not in Path("/proc/self/maps").read_text()
+    assert cpu_options._ir_made_from(xml) == cpu_options.sha256_file(onnx) == settings["fp32_sha256"]
+    assert json.loads(model.get_rt_info()["framework"]["genguard.detector"].astype(str)) == "freepik_nsfw"
 
 
 @pytest.mark.skipif(not cpus.capabilities()["bf16"], reason="needs a CPU with AVX-512 BF16 or AMX (OpenVINO bf16)")
-def test_mixed_bf16_runs_the_marked_layers_f32_and_refuses_when_nothing_stays_f32(tiny_build):
+def test_mixed_bf16_runs_the_marked_layers_f32_and_refuses_when_nothing_stays_f32(tiny_build, tmp_path):
     from genguard import preprocess, specs
     from genguard.export import samples
 
     folder = tiny_build / "onnx" / "freepik_nsfw"
-    mixed = engines.open_engine("openvino-bf16-mixed", folder / "model.onnx")
+    xml = tmp_path / engines.MIXED_FILE
+    cpu_options.build_mixed_ir(folder / "model.onnx", xml)
+    mixed = engines.open_engine("openvino-bf16-mixed", xml)
     plain = engines.open_engine("openvino-bf16", folder / "model.onnx")
     assert mixed.precision == plain.precision and "bfloat16" in mixed.precision
     # the marked layers run f32 in the mixed model; the same layers run bf16 in the plain one
@@ -216,5 +221,108 @@ def test_mixed_bf16_runs_the_marked_layers_f32_and_refuses_when_nothing_stays_f3
     assert not np.array_equal(out["mixed"], out["plain"])  # the marks changed the arithmetic
     assert np.abs(out["mixed"] - fp32).max() < 0.1 * (np.abs(fp32).max() + 1)
     # sumsub_sd's adds all fuse into bf16 convolutions: the option would be plain bf16 under another name
+    cnn = tmp_path / "cnn" / engines.MIXED_FILE
+    cnn.parent.mkdir()
+    cpu_options.build_mixed_ir(tiny_build / "onnx" / "sumsub_sd" / "model.onnx", cnn)
     with pytest.raises(engines.OptionError, match="it would be openvino-bf16"):
-        engines.open_engine("openvino-bf16-mixed", tiny_build / "onnx" / "sumsub_sd" / "model.onnx")
+        engines.open_engine("openvino-bf16-mixed", cnn)
+    # the option runs its prepared IR only: model.onnx would have to be rewritten at load
+    with pytest.raises(engines.OptionError, match="runs its prepared OpenVINO IR"):
+        engines.open_engine("openvino-bf16-mixed", folder / "model.onnx")
+
+
+def _fake_pb_utils():
+    """triton_python_backend_utils' surface a detector model's initialize uses (no Triton needed)."""
+    import types
+
+    class TritonModelException(Exception):
+        pass
+
+    module = types.ModuleType("triton_python_backend_utils")
+    module.TritonModelException = TritonModelException
+    module.Logger = types.SimpleNamespace(log_warn=lambda message: None)
+    return module
+
+
+def _load_detector(monkeypatch, repo: Path, name: str):
+    """The rendered detector model's initialize, as Triton's python backend calls it."""
+    import importlib
+    import sys
+
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils())
+    monkeypatch.delitem(sys.modules, "genguard.triton_models.detector", raising=False)
+    detector = importlib.import_module("genguard.triton_models.detector")
+    config = text_format.Parse((repo / name / "config.pbtxt").read_text(), mc.ModelConfig())
+    model = detector.TritonPythonModel()
+    model.initialize({"model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
+                      "model_name": name, "model_repository": str(repo / name), "model_version": "1"})
+    return model, sys.modules["triton_python_backend_utils"].TritonModelException
+
+
+@pytest.mark.skipif(not cpus.capabilities()["bf16"], reason="needs a CPU with AVX-512 BF16 or AMX (OpenVINO bf16)")
+def test_mixed_bf16_ir_is_built_once_rendered_as_files_and_loaded_without_rewriting(tiny_build, tmp_path,
+                                                                                    monkeypatch):
+    """make cpu-options builds openvino-bf16-mixed's IR once and records one sha256 over the .xml + .bin pair (and
+    each file's); the renderer places the pair beside the detector model, whose loading reads it as is (no IR is
+    rewritten: building one here fails the test) and still checks the marked layers run f32; a tampered .bin is
+    refused by name at render time, by `best`, and by the detector model itself."""
+    from genguard.export import samples
+    from genguard.export.repository import CpuOptions, RepositoryError, render
+
+    build = tmp_path / "build"
+    shutil.copytree(tiny_build / "onnx" / "freepik_nsfw", build / "onnx" / "freepik_nsfw")
+    folder = build / "onnx" / "freepik_nsfw"
+    images = dict(list(samples.photos().items())[:4])
+    option = "openvino-bf16-mixed"
+    record = cpu_options.measure_detector(build, "freepik_nsfw", [option], images=images, speed_rounds=1)[option]
+    xml, binary = folder / engines.MIXED_FILE, folder / "model.bf16-mixed.bin"
+    assert record["file"] == engines.MIXED_FILE and record["within_budget"]
+    assert record["files_sha256"] == {xml.name: cpu_options.sha256_file(xml), binary.name: cpu_options.sha256_file(binary)}
+    assert record["sha256"] == engines.files_sha256(xml) != record["files_sha256"][xml.name]
+    assert record["mixed_precision"]["fp32_sha256"] == record["fp32_sha256"]
+    assert record["mixed_precision"]["runtime_f32_layers"] > 0
+    # measured again: the IR made from this model.onnx is reused, not rebuilt
+    built = [(p.stat().st_mtime_ns, p.stat().st_ino) for p in (xml, binary)]
+    monkeypatch.setattr(cpu_options, "build_mixed_ir", lambda *a, **k: pytest.fail("the IR was built again"))
+    cpu_options.measure_detector(build, "freepik_nsfw", [option], images=images, speed_rounds=1)
+    assert [(p.stat().st_mtime_ns, p.stat().st_ino) for p in (xml, binary)] == built
+
+    repo = render("cpu", build, tmp_path / "repo", detectors=["freepik_nsfw"], copy=True,
+                  cpu=CpuOptions(precision=(("freepik_nsfw", option),)))
+    version = repo / "freepik_nsfw" / "1"
+    assert {p.name for p in version.iterdir()} >= {xml.name, binary.name}
+    assert not any(p.is_symlink() for p in version.iterdir())
+    config = (repo / "freepik_nsfw" / "config.pbtxt").read_text()
+    assert record["sha256"] in config and record["files_sha256"][binary.name] in config
+
+    # loading reads the IR as is: nothing writes a temporary IR (keep_f32 used to, in a genguard-ov- folder)
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", lambda *a, **k: pytest.fail("a temporary folder at load"))
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: pytest.fail("a temporary folder at load"))
+    before = sorted(p.name for p in version.iterdir())
+    model, refused = _load_detector(monkeypatch, repo, "freepik_nsfw")
+    assert model.session.option.name == option and model.session.f32_layers > 0
+    assert model.session.kept_f32 == engines.marked_f32(model.session.model)
+    assert sorted(p.name for p in version.iterdir()) == before
+    assert "genguard-ov-" not in Path("/proc/self/maps").read_text()
+    monkeypatch.undo()
+
+    # a tampered .bin: refused by name by the detector model, the renderer and `best`
+    copy = bytearray((version / binary.name).read_bytes())
+    copy[-1] ^= 0xFF
+    (version / binary.name).write_bytes(bytes(copy))
+    with pytest.raises(Exception, match=r"model\.bf16-mixed\.bin changed since the repository was rendered") as error:
+        _load_detector(monkeypatch, repo, "freepik_nsfw")
+    assert type(error.value).__name__ == refused.__name__ == "TritonModelException"
+    binary.write_bytes(bytes(copy))
+    with pytest.raises(RepositoryError, match=r"openvino-bf16-mixed: the record is stale \(model\.bf16-mixed\.bin changed"):
+        render("cpu", build, tmp_path / "again", detectors=["freepik_nsfw"],
+               cpu=CpuOptions(precision=(("freepik_nsfw", option),)))
+    assert cpu_options.choose_best(folder).remeasure == (
+        "stale records (openvino-bf16-mixed: model.bf16-mixed.bin changed since it was measured (sha256 differs))")
+    binary.unlink()
+    assert "model.bf16-mixed.bin is missing" in cpu_options.choose_best(folder).remeasure

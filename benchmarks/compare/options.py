@@ -53,6 +53,11 @@ def rows(bench, det: Detector, reference_probs: list[np.ndarray], repeat: int,
             notes[label] = _record_note(records[option.name], path)
             configs.append((label, None, None))
             continue
+        if option.file == engines.MIXED_FILE and not path.is_file():  # make cpu-options prepares it; else built here
+            from genguard.export.cpu_options import build_mixed_ir
+
+            path = bench.workdir / f"{det.name}.{engines.MIXED_FILE}"
+            build_mixed_ir(det.fp32_onnx, path)
         notes[label] = _record_note(records.get(option.name), path)
         opener = (lambda o=option, p=path: engines.open_engine(o, p, threads=threads, spinning=False, arena=False))
         if option.name not in records and path.is_file():

@@ -18,8 +18,8 @@ from genguard import engines, protocol, specs
 from genguard.preprocess import DecodeLimits
 from genguard.provenance import ProvenanceConfig
 
-from .common import (INT8_FILE, ExportedDetector, QueuePolicy, RepositoryError, _params, _tensor, _write_model,
-                     apply_queue_policy, detector_tensors, label_files)
+from .common import (INT8_FILE, ExportedDetector, QueuePolicy, RepositoryError, _params, _place, _tensor,
+                     _write_model, apply_queue_policy, detector_tensors, label_files)
 
 
 def preprocess_config(inputs: dict[str, specs.InputSpec], max_batch: int, limits: DecodeLimits,
@@ -99,7 +99,10 @@ def resolve_option(det: ExportedDetector, options: CpuOptions) -> tuple[str, Pat
 
 
 def detector_config(det: ExportedDetector, max_batch: int, options: CpuOptions = CpuOptions(),
-                    onnx_sha256: str = "", option: str | None = None, onnx_file: str | None = None) -> mc.ModelConfig:
+                    onnx_sha256: str = "", option: str | None = None, onnx_file: str | None = None,
+                    files_sha256: dict[str, str] | None = None) -> mc.ModelConfig:
+    """files_sha256: each served file's sha256 where the option serves several (an OpenVINO IR's .xml and .bin;
+    onnx_sha256 is then the digest over the pair), so that the detector model names the one that changed."""
     spec = det.spec
     config = mc.ModelConfig(name=spec.name, backend="python", max_batch_size=max_batch)
     detector_tensors(config, spec)
@@ -110,6 +113,8 @@ def detector_config(det: ExportedDetector, max_batch: int, options: CpuOptions =
             checkpoint=det.checkpoint, intra_op_threads=str(options.intra_op_threads),
             optimization=options.optimization, onnx_sha256=onnx_sha256, cpu_option=option.name,
             engine=option.engine, precision=option.precision, arena="1" if options.arena_for(spec) else "0")
+    if files_sha256:
+        _params(config, files_sha256=files_sha256)
     return config
 
 
@@ -120,6 +125,7 @@ def render_cpu(out: Path, dets: list[ExportedDetector], inputs: dict[str, specs.
     asked for `best`, what it chose on this CPU and why ({"cpu": ..., "detectors": {name: {option, why}}},
     for `genguard health` and bench-compare; {} otherwise)."""
     from genguard import cpus
+    from genguard.export import cpu_options
 
     _write_model(out, preprocess_config(inputs, max_batch, limits, queue=cpu.queue, provenance=provenance),
                  model_py="preprocess")
@@ -129,7 +135,13 @@ def render_cpu(out: Path, dets: list[ExportedDetector], inputs: dict[str, specs.
         chosen[det.spec.name] = option
         if why is not None:
             best[det.spec.name] = {"option": option, "why": why}
-        # the served file keeps its own name (model.qdq.onnx...): the detector model opens params["onnx_file"]
-        _write_model(out, detector_config(det, max_batch, cpu, onnx_sha256=digest, option=option, onnx_file=onnx.name),
+        # the served file keeps its own name (model.qdq.onnx...): the detector model opens params["onnx_file"];
+        # an OpenVINO IR (bf16-mixed, prepared by make cpu-options) is served as its .xml + .bin pair
+        files = engines.option_files(onnx)
+        each = {f.name: cpu_options._file_sha256(f) for f in files} if len(files) > 1 else None
+        _write_model(out, detector_config(det, max_batch, cpu, onnx_sha256=digest, option=option, onnx_file=onnx.name,
+                                          files_sha256=each),
                      label_files(det.spec), model_py="detector", onnx=onnx, copy=copy)
+        for extra in files[1:]:
+            _place(extra, out / det.spec.name / "1" / extra.name, copy)
     return chosen, ({"cpu": cpus.describe(), "detectors": best} if best else {})

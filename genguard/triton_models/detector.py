@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from genguard import engines, onnx_runtime, protocol
+from genguard import engines, protocol
 from genguard.checksums import sha256_file
 from genguard.triton_models.common import model_config, parameters, warn_loudly
 
@@ -23,15 +23,20 @@ class TritonPythonModel:
         params = parameters(config)
         self.name = args["model_name"]
         path = Path(args["model_repository"]) / args["model_version"] / params["onnx_file"]
-        if not path.is_file():
-            raise pb_utils.TritonModelException(
-                f"{self.name}: {path} is missing; export it first (make export, or make export WEIGHTS=random)"
-            )
+        for file in engines.option_files(path):  # an OpenVINO IR (bf16-mixed) is served as its .xml + .bin
+            if not file.is_file():
+                raise pb_utils.TritonModelException(
+                    f"{self.name}: {file} is missing; export it first (make export, or make export WEIGHTS=random; "
+                    "make cpu-options for an option's own file)"
+                )
         expected = params.get("onnx_sha256", "")
-        if expected and sha256_file(path) != expected:
+        if expected and engines.files_sha256(path) != expected:
+            each = json.loads(params.get("files_sha256", "{}"))
+            changed = [f for f in engines.option_files(path) if each.get(f.name) not in (None, sha256_file(f))]
             raise pb_utils.TritonModelException(
-                f"{self.name}: {path} changed since the repository was rendered: it is not the model that passed "
-                "its parity check (sha256 differs); render the repository again (make serve / make repository)"
+                f"{self.name}: {', '.join(map(str, changed or [path]))} changed since the repository was rendered: "
+                "it is not the model that passed its parity check (sha256 differs); render the repository again "
+                "(make serve / make repository)"
             )
         try:
             option = engines.get(params.get("cpu_option", engines.DEFAULT))
@@ -46,8 +51,7 @@ class TritonPythonModel:
                 spinning=False,  # several detectors share the cores; spinning threads would steal them
                 arena=params.get("arena", "1") != "0",
             )
-            raw = (self.session.metadata() if isinstance(self.session, engines.OrtEngine)
-                   else onnx_runtime.metadata(path))
+            raw = self.session.metadata()  # an IR keeps the ONNX file's metadata in its rt_info
         except Exception as exc:
             raise pb_utils.TritonModelException(
                 f"{self.name}: {path} is not a valid ONNX model for {option.name}: {exc}") from None
