@@ -169,4 +169,4 @@ class AsyncClient(BaseClient):
         post = await self._config_or_none(protocol.POSTPROCESS) if protocol.POSTPROCESS in steps else None
         return Health(self.url, self.protocol, live, ready, models, self._weights(post),
                       self._weights(post, "revisions"), self._weights(post, "engines"),
-                      self._weights(post, "precision_best"))
+                      self._weights(post, "precision_best"), self._weights(post, "files"))

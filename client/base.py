@@ -33,6 +33,16 @@ class Health:
     engines: dict[str, dict] = field(default_factory=dict)  # detector -> {option, engine, precision} (cpu target)
     # PRECISION=best: {"cpu": the rendering CPU, "detectors": {detector: {option, why}}}; {} when not asked
     best: dict = field(default_factory=dict)
+    # detector -> {file, sha256}: the model file it serves and the sha256 its model checked at load (for an OpenVINO
+    # IR one digest over its .xml + .bin), as rendered (an older repository: {})
+    files: dict[str, dict] = field(default_factory=dict)
+
+    def served(self) -> dict[str, dict]:
+        """detector -> what it serves: weights (real | random), revision (hub commit or None), file and sha256,
+        and engine ({option, engine, precision}, cpu target) where the server says."""
+        return {name: {"weights": weights, "revision": self.revisions.get(name),
+                       **{k: self.files.get(name, {}).get(k) for k in ("file", "sha256")},
+                       "engine": self.engines.get(name)} for name, weights in self.weights.items()}
 
     @property
     def ok(self) -> bool:

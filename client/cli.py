@@ -329,6 +329,9 @@ def health(args) -> int:
             engine = status.engines.get(name)
             if engine:  # the CPU engine and precision it runs on (make serve PRECISION=...)
                 weights += f", {engine.get('engine')} {engine.get('precision')}"
+            served = status.files.get(name)
+            if served and served.get("sha256"):  # the file it serves, and the start of the sha256 checked at load
+                weights += f", {served.get('file')} sha256 {served['sha256'][:12]}"
         print(f"  {name.ljust(width)}  {'ready' if ready else 'NOT READY'}{weights}")
     chosen = status.best.get("detectors", {})
     if chosen:  # PRECISION=best: the option chosen per detector on the server's CPU, and why

@@ -201,13 +201,17 @@ class RestClient:
             ready = self._http.get("/v1/health/ready").status_code == 200  # 503 is an answer here, not retried
         except httpx.HTTPError as exc:
             raise self._unavailable(f"{type(exc).__name__}: {exc}") from exc
-        models, weights = {}, {}
+        models, weights, served = {}, {}, {}
         if ready:
             response = self._request("GET", "/v1/models")
             if response.status_code == 200:
                 body = response.json()
-                models, weights = body.get("models", {}), body.get("weights", {})
-        return Health(self.url, self.protocol, live, ready, models, weights)
+                models, weights, served = body.get("models", {}), body.get("weights", {}), body.get("served") or {}
+        pick = lambda *keys: {n: {k: s.get(k) for k in keys} for n, s in served.items()}  # noqa: E731
+        return Health(self.url, self.protocol, live, ready, models, weights,
+                      revisions={n: s.get("revision") for n, s in served.items()},
+                      engines={n: s["engine"] for n, s in served.items() if s.get("engine")},
+                      files={n: f for n, f in pick("file", "sha256").items() if f["sha256"]})
 
 
 def _retry_after(response) -> float | None:

@@ -141,6 +141,13 @@ def test_health_lists_each_model(triton, capsys):
     assert {"genguard", "preprocess", "postprocess", "sumsub_sd", "freepik_nsfw"} <= set(ready)
     assert set(ready.values()) == {"ready"}
     assert "random weights" in err
+    # each detector: its weights, engine, and the file it serves with the start of the sha256 it was checked against
+    from genguard.checksums import sha256_file
+
+    for name in ("sumsub_sd", "freepik_nsfw"):
+        line = next(line for line in lines[1:] if line.split()[0] == name)
+        digest = sha256_file(triton.repository / name / "1" / "model.onnx")
+        assert line.endswith(f"ready  random weights, onnxruntime fp32, model.onnx sha256 {digest[:12]}"), line
 
 
 def stop(running) -> None:

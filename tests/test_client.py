@@ -321,6 +321,8 @@ def test_health_readiness_and_metadata(triton, kind):
     assert health.ok and health.live and health.ready
     assert {"genguard", "preprocess", "postprocess", "freepik_nsfw"} <= set(health.models)
     assert all(health.models.values()) and set(health.weights.values()) == {"random"}
+    assert set(health.files) == set(health.weights) and {f["file"] for f in health.files.values()} == {"model.onnx"}
+    assert health.served()["freepik_nsfw"]["sha256"] == health.files["freepik_nsfw"]["sha256"]
     assert metadata["inputs"][0]["name"] == protocol.INPUT and metadata["inputs"][0]["datatype"] == "UINT8"
     assert {o["name"] for o in metadata["outputs"]} == set(protocol.OUTPUTS)
     assert int(config["max_batch_size"]) >= 1

@@ -68,8 +68,13 @@ def test_each_option_loads_and_answers_within_its_recorded_budget(option_build, 
         assert {n: e["option"] for n, e in health.engines.items()} == CHOSEN
         assert cli_main(["health", "--url", running.grpc_url]) == 0
         shown = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
-        assert shown["freepik_nsfw"].endswith("random weights, openvino bf16-mixed")
-        assert shown["sumsub_sd"].endswith("random weights, onnxruntime int8-qdq")
+        digest = {n: json.loads((option_build / "onnx" / n / "parity.json").read_text())["cpu_options"][o]["sha256"]
+                  for n, o in CHOSEN.items()}  # an IR's: over its .xml + .bin
+        assert shown["freepik_nsfw"].endswith("random weights, openvino bf16-mixed, model.bf16-mixed.xml sha256 "
+                                              + digest["freepik_nsfw"][:12])
+        assert shown["sumsub_sd"].endswith(f"random weights, onnxruntime int8-qdq, model.qdq.onnx sha256 "
+                                           f"{digest['sumsub_sd'][:12]}")
+        assert {n: f["sha256"] for n, f in health.files.items()} == digest
     finally:
         server.stop_pid(running.process.pid)
     for name, option in CHOSEN.items():

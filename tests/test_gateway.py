@@ -25,6 +25,7 @@ from PIL import Image
 import hostile
 import snippets
 from conftest import TEST_MAX_BYTES, free_ports
+from genguard.checksums import sha256_file
 from genguard.client import Client
 
 pytestmark = [pytest.mark.server, pytest.mark.gateway]
@@ -255,7 +256,7 @@ def test_detect_multipart_and_json(gateway, triton):
                                timeout=30), 415, "unsupported_media_type")
 
 
-def test_models_and_health(gateway):
+def test_models_and_health(gateway, triton):
     models = requests.get(gateway.url + "/v1/models", headers=auth(), timeout=30)
     assert models.status_code == 200, models.text
     body = models.json()
@@ -263,8 +264,19 @@ def test_models_and_health(gateway):
     assert body["models"]["genguard"] is True and "preprocess" in body["models"]
     assert set(body["weights"].values()) == {"random"} and set(body["weights"]) == set(body["detectors"])
     assert body["fusion"]  # the rule the answers use
+    # what each detector serves: the rendered configs' facts (the file the detector model checked at load)
+    served = body["served"]
+    assert set(served) == set(body["detectors"])
+    for name, what in served.items():
+        assert what["weights"] == "random" and what["revision"] is None  # the tiny build: local random checkpoints
+        assert what["file"] == "model.onnx"
+        assert what["sha256"] == sha256_file(triton.repository / name / "1" / "model.onnx")
+        assert what["engine"] == {"option": "ort-fp32", "engine": "onnxruntime", "precision": "fp32"}
     assert requests.get(gateway.url + "/v1/health/live", timeout=10).json() == {"status": "live"}
+    # ready: a probe without a key learns the status only; a caller with one, what is served
     assert requests.get(gateway.url + "/v1/health/ready", timeout=10).json() == {"status": "ready"}
+    detailed = requests.get(gateway.url + "/v1/health/ready", headers=auth(), timeout=10).json()
+    assert detailed == {"status": "ready", "detectors": served}
     assert_error(requests.get(gateway.url + "/v1/models", timeout=10), 401, "missing_api_key")
 
 
@@ -536,6 +548,10 @@ def test_cli_detect_and_health_through_the_gateway(gateway, triton, tmp_path):
     health = genguard_cli("health", "--url", gateway.url, "--api-key-file", str(key_file))
     assert health.returncode == 0, health.stderr
     assert "(rest): live yes, ready yes" in health.stdout and "genguard" in health.stdout
+    # what each detector serves, through the gateway as straight from Triton
+    sumsub = next(line for line in health.stdout.splitlines() if line.split()[:1] == ["sumsub_sd"])
+    digest = sha256_file(triton.repository / "sumsub_sd" / "1" / "model.onnx")
+    assert sumsub.endswith(f"random weights, onnxruntime fp32, model.onnx sha256 {digest[:12]}")
 
     key_file.write_text("gk-not-the-key-0000000000000000\n")
     refused = genguard_cli("detect", str(good), "--url", gateway.url, "--api-key-file", str(key_file))

@@ -150,10 +150,14 @@ def detector_tensors(config: mc.ModelConfig, spec: DetectorSpec) -> None:
 
 
 def postprocess_config(dets: list[ExportedDetector], max_batch: int, fusion: FusionConfig,
-                       cpu_options: dict[str, str] | None = None, best: dict | None = None) -> mc.ModelConfig:
+                       cpu_options: dict[str, str] | None = None, best: dict | None = None,
+                       served: dict[str, dict] | None = None) -> mc.ModelConfig:
     """cpu_options: detector -> genguard.engines option served (cpu target), named in every answer.
     best: what `--precision best` chose on the rendering CPU and why ({"cpu", "detectors": {name: {option, why}}}),
-    a parameter `genguard health` and bench-compare read (not in the answers)."""
+    a parameter `genguard health` and bench-compare read (not in the answers).
+    served: detector -> {file, sha256}, the model file each detector serves and the sha256 its config carries and
+    its model checks at load (default: model.onnx and its parity.json digest; an OpenVINO IR's digest is over
+    its .xml + .bin), a parameter `genguard health` and GET /v1/models read (not in the answers)."""
     detector_specs = [d.spec for d in dets]
     config = mc.ModelConfig(name=protocol.POSTPROCESS, backend="python", max_batch_size=max_batch)
     _tensor(config.input, protocol.IMAGE_INFO, mc.TYPE_STRING, [1])
@@ -167,6 +171,8 @@ def postprocess_config(dets: list[ExportedDetector], max_batch: int, fusion: Fus
             detectors={d.spec.name: {h.name: list(h.labels) for h in d.spec.heads} for d in dets},
             weights={d.spec.name: d.weights for d in dets},
             revisions={d.spec.name: d.revision for d in dets},
+            files=served or {d.spec.name: {"file": d.onnx.name, "sha256": d.parity.get("onnx_sha256", "")}
+                             for d in dets},
             fusion=fusion.to_json())
     if cpu_options:
         _params(config, engines={name: engine_label(option) for name, option in cpu_options.items()})

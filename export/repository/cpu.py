@@ -120,19 +120,21 @@ def detector_config(det: ExportedDetector, max_batch: int, options: CpuOptions =
 
 def render_cpu(out: Path, dets: list[ExportedDetector], inputs: dict[str, specs.InputSpec], max_batch: int,
                limits: DecodeLimits, cpu: CpuOptions, copy: bool, provenance: ProvenanceConfig
-               ) -> tuple[dict[str, str], dict]:
-    """Writes preprocess and the detectors; returns each detector's CPU option (for the answer) and, when some
+               ) -> tuple[dict[str, str], dict, dict[str, dict]]:
+    """Writes preprocess and the detectors; returns each detector's CPU option (for the answer), when some
     asked for `best`, what it chose on this CPU and why ({"cpu": ..., "detectors": {name: {option, why}}},
-    for `genguard health` and bench-compare; {} otherwise)."""
+    for `genguard health` and bench-compare; {} otherwise), and each detector's served file and its sha256
+    ({name: {file, sha256}}, the digest its config carries; for `genguard health` and GET /v1/models)."""
     from genguard import cpus
     from genguard.export import cpu_options
 
     _write_model(out, preprocess_config(inputs, max_batch, limits, queue=cpu.queue, provenance=provenance),
                  model_py="preprocess")
-    chosen, best = {}, {}
+    chosen, best, served = {}, {}, {}
     for det in dets:
         option, onnx, digest, why = resolve_option(det, cpu)
         chosen[det.spec.name] = option
+        served[det.spec.name] = {"file": onnx.name, "sha256": digest}
         if why is not None:
             best[det.spec.name] = {"option": option, "why": why}
         # the served file keeps its own name (model.qdq.onnx...): the detector model opens params["onnx_file"];
@@ -144,4 +146,4 @@ def render_cpu(out: Path, dets: list[ExportedDetector], inputs: dict[str, specs.
                      label_files(det.spec), model_py="detector", onnx=onnx, copy=copy)
         for extra in files[1:]:
             _place(extra, out / det.spec.name / "1" / extra.name, copy)
-    return chosen, ({"cpu": cpus.describe(), "detectors": best} if best else {})
+    return chosen, ({"cpu": cpus.describe(), "detectors": best} if best else {}), served

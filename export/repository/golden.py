@@ -9,6 +9,7 @@ compares byte for byte. What a build makes differently is written as a placehold
 
   the `checkpoint` path an export recorded   ->  BUILD/checkpoints/<...>
   the `onnx_sha256` of the exported file     ->  SHA256-OF-MODEL-ONNX
+  (and each "sha256" of postprocess's `files`)
 
 and what isn't text or is a copy of a file in this repository is left out: model.onnx (the export),
 1/model.py (a copy of genguard/triton_models/<model>.py), preprocess/1/dali.py (a copy of
@@ -31,10 +32,12 @@ LEFT_OUT = ("model.onnx", "model.py", "dali.py", "warmup.jpg")
 KEPT = ("README.md",)  # written by hand next to the rendered files
 _CHECKPOINT = re.compile(r'(key: "checkpoint"\n  value \{\n    string_value: ")[^"]*?/checkpoints/')
 _SHA256 = re.compile(r'(key: "onnx_sha256"\n  value \{\n    string_value: ")[0-9a-f]{64}(")')
+_FILES_SHA256 = re.compile(r'(\\"sha256\\": \\")[0-9a-f]{64}(\\")')  # in postprocess's `files` JSON
 
 
 def normalized(text: str) -> str:
     text = _CHECKPOINT.sub(r"\1BUILD/checkpoints/", text)
+    text = _FILES_SHA256.sub(r"\1SHA256-OF-MODEL-ONNX\2", text)
     return _SHA256.sub(r"\1SHA256-OF-MODEL-ONNX\2", text)
 
 

@@ -86,14 +86,16 @@ def _render_into(out: Path, target: str, dets: list[ExportedDetector], max_batch
     detector_specs = [d.spec for d in dets]
     chosen: dict[str, str] = {}
     best: dict = {}
+    served: dict[str, dict] | None = None  # the GPU targets serve (or build their engine from) model.onnx
     if target in GPU_TARGETS:
         render_gpu(target, out, dets, inputs, max_batch, limits, gpu, copy, provenance)
     else:
-        chosen, best = render_cpu(out, dets, inputs, max_batch, limits, cpu, copy, provenance)
+        chosen, best, served = render_cpu(out, dets, inputs, max_batch, limits, cpu, copy, provenance)
     post_files = {"sources.txt": "\n".join(source_names(detector_specs)) + "\n"}
     if nsfw_labels(detector_specs):
         post_files["nsfw_levels.txt"] = "\n".join(nsfw_labels(detector_specs)) + "\n"
-    _write_model(out, postprocess_config(dets, max_batch, fusion, chosen, best), post_files, model_py="postprocess")
+    _write_model(out, postprocess_config(dets, max_batch, fusion, chosen, best, served), post_files,
+                 model_py="postprocess")
     _write_model(out, ensemble_config(dets, inputs, max_batch, validate=target in GPU_TARGETS), post_files)
     if explain:
         from .explain import render_explain

@@ -114,4 +114,13 @@ class Engine:
         return {"ensemble": protocol.ENSEMBLE, "ready": health.ok,
                 "max_batch_size": int(config.get("max_batch_size", 0)) or None if config else None,
                 "models": health.models, "detectors": param("detectors"), "weights": health.weights,
-                "fusion": param("fusion")}
+                "served": health.served(), "fusion": param("fusion")}
+
+    async def served(self) -> dict | None:
+        """detector -> weights, revision, file, sha256, engine, as rendered (read from the postprocess config, no
+        hashing); None when Triton does not say in time."""
+        try:
+            health = await asyncio.wait_for(self.client.health(), 5)
+        except Exception:  # noqa: BLE001 - readiness details are best effort; readiness itself is answered
+            return None
+        return health.served()

@@ -100,11 +100,17 @@ class ModelsResponse(BaseModel):
     models: dict[str, bool] = Field(description="the ensemble and each of its steps -> ready")
     detectors: dict[str, Any] = Field(description="detector -> head -> labels")
     weights: dict[str, str] = Field(description="detector -> real | random (random: answers are meaningless)")
+    served: dict[str, Any] = Field(default_factory=dict, description=(
+        "detector -> what it serves: weights (real | random), revision (the checkpoint's hub commit; null: a local "
+        "path or random weights), file and sha256 (the model file and the digest it was checked against at load; "
+        "an OpenVINO IR's is over its .xml + .bin), engine ({option, engine, precision}; cpu target)"))
     fusion: dict[str, Any] = Field(description="the fusion rule the answers are computed with")
 
 
 class HealthResponse(BaseModel):
     status: Literal["live", "ready"]
+    detectors: dict[str, Any] | None = Field(default=None, description=(
+        "ready only: detector -> weights, revision, file, sha256, engine, as in GET /v1/models' `served`"))
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
