@@ -280,7 +280,7 @@ def test_mixed_bf16_ir_is_built_once_rendered_as_files_and_loaded_without_rewrit
     record = cpu_options.measure_detector(build, "freepik_nsfw", [option], images=images, speed_rounds=1)[option]
     xml, binary = folder / engines.MIXED_FILE, folder / "model.bf16-mixed.bin"
     assert record["file"] == engines.MIXED_FILE and record["within_budget"]
-    assert record["files_sha256"] == {xml.name: cpu_options.sha256_file(xml), binary.name: cpu_options.sha256_file(binary)}
+    assert record["files_sha256"] == {p.name: cpu_options.sha256_file(p) for p in (xml, binary)}
     assert record["sha256"] == engines.files_sha256(xml) != record["files_sha256"][xml.name]
     assert record["mixed_precision"]["fp32_sha256"] == record["fp32_sha256"]
     assert record["mixed_precision"]["runtime_f32_layers"] > 0
@@ -319,7 +319,8 @@ def test_mixed_bf16_ir_is_built_once_rendered_as_files_and_loaded_without_rewrit
         _load_detector(monkeypatch, repo, "freepik_nsfw")
     assert type(error.value).__name__ == refused.__name__ == "TritonModelException"
     binary.write_bytes(bytes(copy))
-    with pytest.raises(RepositoryError, match=r"openvino-bf16-mixed: the record is stale \(model\.bf16-mixed\.bin changed"):
+    stale = r"openvino-bf16-mixed: the record is stale \(model\.bf16-mixed\.bin changed"
+    with pytest.raises(RepositoryError, match=stale):
         render("cpu", build, tmp_path / "again", detectors=["freepik_nsfw"],
                cpu=CpuOptions(precision=(("freepik_nsfw", option),)))
     assert cpu_options.choose_best(folder).remeasure == (
