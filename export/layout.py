@@ -4,7 +4,8 @@
     <build>/onnx/<detector>/model.onnx       + parity.json, the check that vouches for it by sha256, and
                                              parity.failed.json, the figures of the last export that failed;
                                              beside them the files other commands add (model.int8.onnx,
-                                             model.qdq.onnx, explain.onnx + explain.json, ...: genguard.engines
+                                             model.qdq.onnx, model.bf16-mixed.xml + .bin (an OpenVINO IR),
+                                             explain.onnx + explain.json, ...: genguard.engines
                                              and genguard.export.explain name them)
     <build>/model_repository/<target>/       a rendered Triton repository
 
