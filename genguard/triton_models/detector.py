@@ -1,7 +1,8 @@
 """One GenGuard detector (python backend): its exported ONNX on the configured CPU engine (genguard.engines:
 ONNX Runtime FP32 by default, ORT INT8, OpenVINO FP32/BF16/INT8).
 
-Requests gathered by the dynamic batcher run as one batch. Refuses to load when the ONNX file is missing,
+Requests gathered by the dynamic batcher run as one batch. Refuses to load when the ONNX file (or an OpenVINO
+IR's .xml or .bin: openvino-bf16-mixed's, prepared by make cpu-options and read as is) is missing,
 unreadable, is not the file whose accuracy check the renderer verified (sha256), disagrees with the config
 (detector, heads, weights provenance), or needs CPU instructions this machine lacks (BF16, VNNI).
 """
