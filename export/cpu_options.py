@@ -482,12 +482,12 @@ def check_option(folder: Path, option_name: str, caps: dict[str, bool] | None = 
         raise OptionRefused(f"{name}: {option.name}: no accuracy record in {folder / 'parity.json'}"
                             + (f" ({why})" if why else "") + f"; measure it first: {hint}")
     path = folder / option.file
+    if record.get("file") != option.file:  # e.g. bf16-mixed measured when it rewrote model.onnx at load
+        raise OptionRefused(f"{name}: {option.name}: the record is stale (measured on {record.get('file')}, served "
+                            f"from {option.file}); measure again: {hint}")
     for f in engines.option_files(path):
         if not f.is_file():
             raise OptionRefused(f"{name}: {option.name}: {f} is missing; {hint}")
-    if record.get("file") != option.file:
-        raise OptionRefused(f"{name}: {option.name}: the record is stale (measured on {record.get('file')}, served "
-                            f"from {option.file}); measure again: {hint}")
     changed = files_changed(folder, record)
     if changed:
         raise OptionRefused(f"{name}: {option.name}: the record is stale ({', '.join(changed)} since it was measured: "

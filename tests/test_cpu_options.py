@@ -327,3 +327,25 @@ def test_mixed_bf16_ir_is_built_once_rendered_as_files_and_loaded_without_rewrit
         "stale records (openvino-bf16-mixed: model.bf16-mixed.bin changed since it was measured (sha256 differs))")
     binary.unlink()
     assert "model.bf16-mixed.bin is missing" in cpu_options.choose_best(folder).remeasure
+
+
+def test_a_mixed_bf16_record_measured_on_model_onnx_is_stale(tiny_build, tmp_path):
+    """Before its IR was prepared by make cpu-options, openvino-bf16-mixed rewrote model.onnx at every load and was
+    recorded with file model.onnx: such a record is stale for `best` and refused by the renderer."""
+    folder = tmp_path / "freepik_nsfw"
+    shutil.copytree(tiny_build / "onnx" / "freepik_nsfw", folder)
+    fp32 = cpu_options.sha256_file(folder / "model.onnx")
+    parity = json.loads((folder / "parity.json").read_text())
+    vs = {"images": 4, "max_abs_prob": 1e-3, "top1_agreement": 1.0, "worst_image": "x"}
+    parity["cpu_options"] = {"openvino-bf16-mixed": {
+        "file": "model.onnx", "sha256": fp32, "fp32_sha256": fp32, "cpu_model": cpus.cpu_model(), "threads": 0,
+        "vs_fp32": vs, "vs_reference": vs, "within_budget": True,
+        "speed": {"vs_fp32": 2.0, "fp32_images_per_s": 1.0, "images_per_s": 2.0}}}
+    (folder / "parity.json").write_text(json.dumps(parity))
+    choice = cpu_options.choose_best(folder)
+    assert choice.option == "ort-fp32"
+    assert choice.remeasure == ("stale records (openvino-bf16-mixed: measured on model.onnx, served from "
+                                "model.bf16-mixed.xml)")
+    with pytest.raises(cpu_options.OptionRefused, match=r"stale \(measured on model\.onnx, served from "
+                                                         r"model\.bf16-mixed\.xml\)"):
+        cpu_options.check_option(folder, "openvino-bf16-mixed", {"bf16": True, "vnni": True})
