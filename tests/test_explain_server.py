@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -93,7 +94,8 @@ def test_served_gradcam_map_is_the_exported_one(explain_server, explain_build):
     doc = _infer(explain_server.grpc_url, "grpc", E.EXPLAIN_ENSEMBLE, [image])[0]
     spec = specs.get("imagetrust_source")
     pixels = preprocess_bytes(image, {"x": spec.input})[1]["x"][None]
-    logits, cams = onnx_runtime.session(explain_build / "onnx" / spec.name / "explain.onnx").run(None, {"pixels": pixels})
+    session = onnx_runtime.session(explain_build / "onnx" / spec.name / "explain.onnx")
+    logits, cams = session.run(None, {"pixels": pixels})
     target = int(logits[0].argmax())
     (entry,) = doc["explanations"][spec.name]
     assert entry["target_index"] == target and entry["target_layer"] == "layer4"
@@ -436,98 +438,19 @@ def test_gpu_targets_render_the_explain_ensemble(explain_build, tmp_path, target
 
 
 
-@pytest.mark.gateway
-@pytest.mark.browser
-def test_reviewer_page_draws_the_overlay(explain_server, tmp_path):
-    """The page with "heatmaps" checked asks /v1/detect?explain=true and draws the chosen head's overlay in
-    the detail view; its pixels are the client's overlay (within the browser's own image downscaling)."""
-    from PIL import Image
+@contextlib.contextmanager
+def explained_in_the_page(explain_server, image: Path, tmp_path: Path):
+    """The reviewer page in Chromium (1280×800) against a keyed gateway in front of `explain_server`: the key
+    given, "heatmaps" checked, `image` answered and its detail view open on sumsub_sd's map. Yields (page, the
+    answered document, page errors, /v1/detect URLs requested); the test asserts; browser and gateway stop."""
+    from playwright.sync_api import sync_playwright
 
-    from genguard.client.explain import overlay
     from test_gateway import KEY, start_gateway
     from test_page import CHROMIUM
 
     if not CHROMIUM:
         pytest.skip("Debian's chromium is not installed")
-    from playwright.sync_api import sync_playwright
-
-    image = tmp_path / "astronaut.png"
-    image.write_bytes(_photos()["astronaut.png"])
     gw = start_gateway(explain_server.grpc_url, tmp_path, "--deadline-s", "600", keys=[KEY])
-    try:
-        with sync_playwright() as pw:
-            args = ["--no-sandbox"] if os.geteuid() == 0 else []
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.set_default_timeout(60_000)
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
-            page.goto(gw.url + "/")
-            page.locator("#key-dialog").wait_for(state="visible")
-            page.fill("#key-input", KEY)
-            page.click("#key-form button[type=submit]")
-            page.locator("#key-dialog").wait_for(state="hidden")
-            page.check("#explain")
-            with page.expect_response(lambda r: "/v1/detect" in r.url, timeout=600_000) as answered:
-                page.set_input_files("#pick-files", str(image))
-            assert answered.value.url.endswith("/v1/detect?explain=true") and answered.value.status == 200
-            doc = answered.value.json()["data"][0]
-            page.locator("#progress-box").wait_for(state="hidden", timeout=600_000)
-            page.click('#rows tr[data-name="astronaut.png"] td.name')
-            box = page.locator("#d-explanations")
-            box.wait_for(state="visible")
-            options = page.locator("#d-explain-select option")
-            assert options.count() == sum(len(v) for v in doc["explanations"].values()) == 7
-            index = next(i for i in range(options.count()) if options.nth(i).inner_text().startswith("sumsub_sd"))
-            page.select_option("#d-explain-select", str(index))
-            canvas = page.locator("#d-explain-canvas")
-            assert canvas.get_attribute("data-detector") == "sumsub_sd"
-            size = page.evaluate("[document.getElementById('d-explain-canvas').width, "
-                                 "document.getElementById('d-explain-canvas').height]")
-            pixels = page.evaluate("Array.from(document.getElementById('d-explain-canvas').getContext('2d')"
-                                   ".getImageData(0, 0, 480, 480).data)")
-            assert errors == []
-            browser.close()
-    finally:
-        gw.stop()
-    assert size == [480, 480]
-    drawn = np.asarray(pixels, dtype=np.float32).reshape(480, 480, 4)[..., :3]
-    expected = np.asarray(overlay(Image.open(image).convert("RGB").resize((480, 480), Image.Resampling.BILINEAR),
-                                  doc["explanations"]["sumsub_sd"][0]), dtype=np.float32)
-    plain = np.asarray(Image.open(image).convert("RGB").resize((480, 480), Image.Resampling.BILINEAR), dtype=np.float32)
-    assert np.abs(drawn - expected).mean() < 6  # the browser's downscaling differs from Pillow's by a few levels
-    assert np.abs(drawn - plain).mean() > 20  # and a heatmap is drawn, not the bare image
-
-
-@pytest.mark.gateway
-@pytest.mark.browser
-def test_reviewer_page_label_picker_switches_the_overlay(explain_server, tmp_path):
-    """The detail view's label picker lists the head's labels (the predicted one marked); picking another asks
-    /v1/detect?explain_label=<detector>.<head>=<label> for that image and draws that label's map (the client's
-    overlay of the answered map, not the predicted one's); picking the predicted label again draws its map
-    without a request."""
-    from urllib.parse import unquote
-
-    from PIL import Image
-
-    from genguard.client.explain import overlay
-    from test_gateway import KEY, start_gateway
-    from test_page import CHROMIUM
-
-    if not CHROMIUM:
-        pytest.skip("Debian's chromium is not installed")
-    from playwright.sync_api import sync_playwright
-
-    image = tmp_path / "astronaut.png"
-    image.write_bytes(_photos()["astronaut.png"])
-    gw = start_gateway(explain_server.grpc_url, tmp_path, "--deadline-s", "600", keys=[KEY])
-
-    def canvas_pixels(page):
-        data = page.evaluate("Array.from(document.getElementById('d-explain-canvas').getContext('2d')"
-                             ".getImageData(0, 0, 480, 480).data)")
-        return np.asarray(data, dtype=np.float32).reshape(480, 480, 4)[..., :3]
-
     try:
         with sync_playwright() as pw:
             args = ["--no-sandbox"] if os.geteuid() == 0 else []
@@ -547,37 +470,91 @@ def test_reviewer_page_label_picker_switches_the_overlay(explain_server, tmp_pat
             page.check("#explain")
             with page.expect_response(lambda r: "/v1/detect" in r.url, timeout=600_000) as answered:
                 page.set_input_files("#pick-files", str(image))
-            first = answered.value.json()["data"][0]["explanations"]["sumsub_sd"][0]
+            assert answered.value.url.endswith("/v1/detect?explain=true") and answered.value.status == 200
+            doc = answered.value.json()["data"][0]
             page.locator("#progress-box").wait_for(state="hidden", timeout=600_000)
-            page.click('#rows tr[data-name="astronaut.png"] td.name')
+            page.click(f'#rows tr[data-name="{image.name}"] td.name')
             page.locator("#d-explanations").wait_for(state="visible")
             options = page.locator("#d-explain-select option")
             index = next(i for i in range(options.count()) if options.nth(i).inner_text().startswith("sumsub_sd"))
             page.select_option("#d-explain-select", str(index))
-            labels = page.locator("#d-explain-label option")
-            texts = [labels.nth(i).inner_text() for i in range(labels.count())]
-            assert texts == [f"{x} (predicted)" if x == first["target_label"] else x for x in first["labels"]]
-            assert page.input_value("#d-explain-label") == first["target_label"]
-            predicted_drawn = canvas_pixels(page)
-            other = _other_label(first)
-            with page.expect_response(lambda r: "explain_label=" in r.url, timeout=600_000) as chosen:
-                page.select_option("#d-explain-label", other)
-            assert unquote(chosen.value.url).endswith(f"/v1/detect?explain_label=sumsub_sd.sd={other}")
-            assert chosen.value.status == 200
-            entry = chosen.value.json()["data"][0]["explanations"]["sumsub_sd"][0]
-            page.wait_for_function(f"document.getElementById('d-explain-canvas').dataset.label === {other!r}")
-            other_drawn = canvas_pixels(page)
-            assert other in page.locator("#d-explanations p.muted").inner_text()
-            before = len(requests_seen)
-            page.select_option("#d-explain-label", first["target_label"])
-            page.wait_for_function("document.getElementById('d-explain-canvas').dataset.label === "
-                                   f"{first['target_label']!r}")
-            again = canvas_pixels(page)
-            assert len(requests_seen) == before  # the predicted map is the one already answered
-            assert errors == []
+            yield page, doc, errors, requests_seen
             browser.close()
     finally:
         gw.stop()
+
+
+def canvas_pixels(page) -> np.ndarray:
+    data = page.evaluate("Array.from(document.getElementById('d-explain-canvas').getContext('2d')"
+                         ".getImageData(0, 0, 480, 480).data)")
+    return np.asarray(data, dtype=np.float32).reshape(480, 480, 4)[..., :3]
+
+
+@pytest.mark.gateway
+@pytest.mark.browser
+def test_reviewer_page_draws_the_overlay(explain_server, tmp_path):
+    """The page with "heatmaps" checked asks /v1/detect?explain=true and draws the chosen head's overlay in
+    the detail view; its pixels are the client's overlay (within the browser's own image downscaling)."""
+    from PIL import Image
+
+    from genguard.client.explain import overlay
+
+    image = tmp_path / "astronaut.png"
+    image.write_bytes(_photos()["astronaut.png"])
+    with explained_in_the_page(explain_server, image, tmp_path) as (page, doc, errors, _):
+        heads = sum(len(v) for v in doc["explanations"].values())
+        assert page.locator("#d-explain-select option").count() == heads == 7
+        assert page.locator("#d-explain-canvas").get_attribute("data-detector") == "sumsub_sd"
+        size = page.evaluate("[document.getElementById('d-explain-canvas').width, "
+                             "document.getElementById('d-explain-canvas').height]")
+        drawn = canvas_pixels(page)
+        assert errors == []
+    assert size == [480, 480]
+    expected = np.asarray(overlay(Image.open(image).convert("RGB").resize((480, 480), Image.Resampling.BILINEAR),
+                                  doc["explanations"]["sumsub_sd"][0]), dtype=np.float32)
+    plain = np.asarray(Image.open(image).convert("RGB").resize((480, 480), Image.Resampling.BILINEAR), dtype=np.float32)
+    assert np.abs(drawn - expected).mean() < 6  # the browser's downscaling differs from Pillow's by a few levels
+    assert np.abs(drawn - plain).mean() > 20  # and a heatmap is drawn, not the bare image
+
+
+@pytest.mark.gateway
+@pytest.mark.browser
+def test_reviewer_page_label_picker_switches_the_overlay(explain_server, tmp_path):
+    """The detail view's label picker lists the head's labels (the predicted one marked); picking another asks
+    /v1/detect?explain_label=<detector>.<head>=<label> for that image and draws that label's map (the client's
+    overlay of the answered map, not the predicted one's); picking the predicted label again draws its map
+    without a request."""
+    from urllib.parse import unquote
+
+    from PIL import Image
+
+    from genguard.client.explain import overlay
+
+    image = tmp_path / "astronaut.png"
+    image.write_bytes(_photos()["astronaut.png"])
+    with explained_in_the_page(explain_server, image, tmp_path) as (page, doc, errors, requests_seen):
+        first = doc["explanations"]["sumsub_sd"][0]
+        labels = page.locator("#d-explain-label option")
+        texts = [labels.nth(i).inner_text() for i in range(labels.count())]
+        assert texts == [f"{x} (predicted)" if x == first["target_label"] else x for x in first["labels"]]
+        assert page.input_value("#d-explain-label") == first["target_label"]
+        predicted_drawn = canvas_pixels(page)
+        other = _other_label(first)
+        with page.expect_response(lambda r: "explain_label=" in r.url, timeout=600_000) as chosen:
+            page.select_option("#d-explain-label", other)
+        assert unquote(chosen.value.url).endswith(f"/v1/detect?explain_label=sumsub_sd.sd={other}")
+        assert chosen.value.status == 200
+        entry = chosen.value.json()["data"][0]["explanations"]["sumsub_sd"][0]
+        page.wait_for_function(f"document.getElementById('d-explain-canvas').dataset.label === {other!r}")
+        other_drawn = canvas_pixels(page)
+        assert other in page.locator("#d-explanations p.muted").inner_text()
+        before = len(requests_seen)
+        page.select_option("#d-explain-label", first["target_label"])
+        page.wait_for_function("document.getElementById('d-explain-canvas').dataset.label === "
+                               f"{first['target_label']!r}")
+        again = canvas_pixels(page)
+        assert len(requests_seen) == before  # the predicted map is the one already answered
+        assert errors == []
     assert entry["target_label"] == other and entry["target"] == "requested"
     base = Image.open(image).convert("RGB").resize((480, 480), Image.Resampling.BILINEAR)
     expected = np.asarray(overlay(base, entry), dtype=np.float32)
