@@ -102,8 +102,8 @@ def write_explanations(image: Image.Image | str | Path | bytes, result: dict, ou
 def explain(inputs, url: str | None = None, *, labels=None, **client_kwargs) -> list:
     """Client.detect() through the `genguard_explain` ensemble: one Result per image, in input order, whose
     `raw["explanations"]` holds the maps (per detector, one entry per head). labels: the label to map per
-    head instead of the predicted one ({"sumsub_sd": "real", "hive_effb4": {"source": "midjourney"}} or
-    ["sumsub_sd=real", "hive_effb4.source=midjourney"]; ValueError naming the valid ones). Takes Client's
+    head instead of the predicted one ({detector: label} for a one-head detector, {detector: {head: label}},
+    or ["detector=label", "detector.head=label"]; ValueError naming the valid ones). Takes Client's
     arguments (protocol, timeout, tls...); the server must serve genguard_explain (make serve EXPLAIN=1)."""
     from genguard.explanations import EXPLAIN_ENSEMBLE
 

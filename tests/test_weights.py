@@ -336,8 +336,9 @@ def test_offline_default_export_serves_real_weights_and_names_the_revision(tiny_
         out = capsys.readouterr()
         for spec in HUB:
             line = next(l for l in out.out.splitlines() if l.split()[0] == spec.name)
+            served = json.loads((build / "onnx" / spec.name / "parity.json").read_text())["onnx_sha256"]
             assert line.split()[1:] == ["ready", "real", "weights,", "revision", f"{commit_of(spec.source)},",
-                                        "onnxruntime", "fp32"]
+                                        "onnxruntime", "fp32,", "model.onnx", "sha256", served[:12]]
         assert "random weights" not in out.err
 
         # make serve re-exports a detector whose pinned revision differs from the one exported

@@ -14,6 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field
 DATA_URL = "data:image/<type>;base64,<base64 of the image file>"
 
 
+
+def _explain_labels_example() -> dict:
+    """An `explain_labels` example from the specs (no detector named here): a one-head detector's first label,
+    and the second head of a detector with two."""
+    from genguard import specs
+
+    one = next(s for s in specs.DETECTORS.values() if len(s.heads) == 1)
+    two = next(s for s in specs.DETECTORS.values() if len(s.heads) == 2)
+    return {one.name: one.heads[0].labels[0], two.name: {two.heads[1].name: two.heads[1].labels[-1]}}
+
 class ErrorInfo(BaseModel):
     code: str = Field(description="machine-readable: body_too_large, bad_base64, queue_full ... (see docs/rest-api.md)")
     message: str = Field(description="one readable sentence saying what to do")
@@ -41,7 +51,7 @@ class DetectRequest(BaseModel):
         default=None, description="with explanations: the label whose map each named detector head answers "
                                   "instead of its predicted label's, `{detector: label}` (one-head detectors) or "
                                   "`{detector: {head: label}}` (implies `?explain=true`; see docs/explanations.md)",
-        examples=[{"sumsub_sd": "real", "hive_effb4": {"source": "midjourney"}}])
+        examples=[_explain_labels_example()])
 
 
 class DetectMultipart(BaseModel):
