@@ -182,15 +182,20 @@ def test_every_object_validates_offline(rendered, overlay):
             assert obj["metadata"].get("namespace") == "genguard", where
 
 
-def test_service_monitor_scrapes_the_metrics_service(rendered):
-    objects = rendered["production"]
-    monitor = one(objects, "ServiceMonitor", "genguard-server")
+def monitored(objects: list[dict], name: str) -> tuple[dict, list[dict], dict]:
+    """ServiceMonitor `name`: (its one endpoint, the Services its selector picks, the picked port of the first)."""
+    monitor = one(objects, "ServiceMonitor", name)
     [endpoint] = monitor["spec"]["endpoints"]
     wanted = monitor["spec"]["selector"]["matchLabels"]
     selected = [s for s in objects if s["kind"] == "Service"
                 and wanted.items() <= s["metadata"].get("labels", {}).items()]
+    ports = [p for p in selected[0]["spec"]["ports"] if p["name"] == endpoint["port"]] if selected else []
+    return endpoint, selected, ports[0] if len(ports) == 1 else {}
+
+
+def test_service_monitor_scrapes_the_metrics_service(rendered):
+    endpoint, selected, port = monitored(rendered["production"], "genguard-server")
     assert [s["metadata"]["name"] for s in selected] == ["genguard-metrics"]
-    [port] = [p for p in selected[0]["spec"]["ports"] if p["name"] == endpoint["port"]]
     assert port["port"] == server.METRICS_PORT and endpoint["path"] == "/metrics"
     assert _seconds(endpoint["scrapeTimeout"]) < _seconds(endpoint["interval"])
 
@@ -203,13 +208,8 @@ def test_gateway_service_monitor_scrapes_the_gateway_with_its_key(rendered):
     from genguard.gateway.settings import ENV_PREFIX, Settings
 
     objects = rendered["production"]
-    monitor = one(objects, "ServiceMonitor", "genguard-gateway")
-    [endpoint] = monitor["spec"]["endpoints"]
-    wanted = monitor["spec"]["selector"]["matchLabels"]
-    selected = [s for s in objects if s["kind"] == "Service"
-                and wanted.items() <= s["metadata"].get("labels", {}).items()]
+    endpoint, selected, port = monitored(objects, "genguard-gateway")
     assert [s["metadata"]["name"] for s in selected] == ["genguard"]
-    [port] = [p for p in selected[0]["spec"]["ports"] if p["name"] == endpoint["port"]]
     assert port["port"] == server.GATEWAY_PORT and port["targetPort"] == GATEWAY
     assert endpoint["path"] in {r.path for r in health.router.routes}
     assert _seconds(endpoint["scrapeTimeout"]) < _seconds(endpoint["interval"])
