@@ -72,12 +72,21 @@ class AsyncClient(BaseClient):
             return self._send_failed(batch, exc)
         return self._results(batch, response)
 
+    async def _send_video(self, entry: Loaded, options: str | None) -> list[Result]:
+        try:
+            response = await self._call(lambda t: t.infer_video(entry.data, options), lost=True, infer=True)
+        except Exception as exc:
+            return self._video_failed(entry, exc)
+        return [self._video_result(entry, response)]
+
     # -- API ------------------------------------------------------------------------------------------
 
     async def detect(self, inputs: Any, *, recursive: bool = False,
-                     on_progress: Callable[[int, int], None] | None = None, explain_labels=None) -> list[Result]:
+                     on_progress: Callable[[int, int], None] | None = None, explain_labels=None,
+                     video_options: dict | None = None) -> list[Result]:
         """See Client.detect."""
         labels = self._labels(explain_labels)
+        options = self._video_options(video_options)
         items = await asyncio.to_thread(collect, inputs, recursive)
         if not items:
             return []
@@ -92,8 +101,10 @@ class AsyncClient(BaseClient):
         slots = asyncio.Semaphore(self.concurrency)
         tasks: set[asyncio.Task] = set()
 
-        async def send(batch: list[Loaded]) -> list[Result]:
+        async def send(batch: list[Loaded] | Loaded) -> list[Result]:
             try:
+                if isinstance(batch, Loaded):
+                    return await self._send_video(batch, options)
                 return await self._send(batch, labels)
             finally:
                 slots.release()
@@ -106,9 +117,10 @@ class AsyncClient(BaseClient):
         try:
             for window in windows(items, batch_size * WINDOW_BATCHES):
                 loaded, failed = await asyncio.to_thread(load, window)  # file reads off the loop
-                if failed:
-                    record(failed)
-                for batch in split(loaded, batch_size, self.max_request_bytes):
+                images, videos, refused = self._split_videos(loaded)
+                if failed or refused:
+                    record(failed + refused)
+                for batch in [*split(images, batch_size, self.max_request_bytes), *videos]:
                     await slots.acquire()
                     harvest()
                     tasks.add(asyncio.create_task(send(batch)))

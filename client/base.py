@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from genguard import protocol
+from genguard.video import is_video
 
 from .errors import GenGuardError, RequestRejected, RequestTimeout, ServerUnavailable, unreachable
 from .inputs import Loaded
@@ -116,6 +117,41 @@ class BaseClient:
         if self.on_retry:
             self.on_retry(RetryEvent(retry + 1, delay, exc, self.url))
         return delay
+
+    @staticmethod
+    def _video_options(options: dict | None) -> str | None:
+        """detect()'s video_options ({"fps", "max_frames", "sampling"}) as genguard_video's OPTIONS JSON."""
+        if options is None:
+            return None
+        if not isinstance(options, dict):
+            raise TypeError("video_options must be a dict such as {'fps': 2, 'max_frames': 60, 'sampling': 'rate'}")
+        return json.dumps(options)
+
+    def _split_videos(self, loaded: list[Loaded]) -> tuple[list[Loaded], list[Loaded], list[Result]]:
+        """(images, videos, failures): clips (genguard.video.is_video) go to genguard_video one by one; through
+        the genguard_explain ensemble they fail (maps are for images)."""
+        images, videos, failed = [], [], []
+        for entry in loaded:
+            (videos if is_video(entry.data) else images).append(entry)
+        if videos and self.model != protocol.ENSEMBLE:
+            failed = [Result.failure(e.item.index, e.item.name, "video_not_supported",
+                                     f"{self.model} answers images only: send videos without explanations")
+                      for e in videos]
+            videos = []
+        return images, videos, failed
+
+    def _video_result(self, entry: Loaded, response) -> Result:
+        docs = documents(response)
+        return Result.from_json(docs[0], entry.item.index, entry.item.name)
+
+    def _video_failed(self, entry: Loaded, exc: Exception) -> list[Result]:
+        """A clip whose request failed: that clip's FAILURE (a server without genguard_video says so)."""
+        detail = exc.message() if hasattr(exc, "message") else str(exc)
+        if protocol.VIDEO_MODEL in str(detail) and "unknown model" in str(detail).lower():
+            return [Result.failure(entry.item.index, entry.item.name, "video_not_served",
+                                   f"GenGuard at {self.url} serves no {protocol.VIDEO_MODEL} model: update the "
+                                   "server (make serve renders it)")]
+        return self._send_failed([entry], exc)
 
     def _send_failed(self, batch: list[Loaded], exc: Exception) -> list[Result]:
         """A batch whose request timed out or was refused fails alone, image by image; anything else raises."""

@@ -77,6 +77,9 @@ class Result:
     warnings: list[str] = field(default_factory=list)
     decided_by: str | None = None  # "c2pa" | "metadata" when provenance decided the verdict (docs/provenance.md)
     provenance: dict[str, Any] | None = None  # signals read from the image's metadata, and their effect
+    kind: str = "image"            # "video" for a clip answered by genguard_video (docs/video.md)
+    video: dict[str, Any] | None = None  # a clip's container facts: container, codec, size, duration_s, fps, frames
+    timeline: list[dict[str, Any]] | None = None  # a clip's sampled frames: t, is_ai_generated, source, nsfw_level
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the server's document, as sent
 
     @property
@@ -141,6 +144,9 @@ class Result:
             warnings=list(doc.get("warnings") or []),
             decided_by=doc.get("decided_by"),
             provenance=doc.get("provenance"),
+            kind=doc.get("kind", "image"),
+            video=doc.get("video"),
+            timeline=doc.get("timeline"),
             raw=doc,
         )
 

@@ -110,11 +110,19 @@ class Client(BaseClient):
             return self._send_failed(batch, exc)
         return self._results(batch, response)
 
+    def _send_video(self, entry: Loaded, stop: threading.Event, options: str | None) -> list[Result]:
+        try:
+            response = self._call(lambda t: t.infer_video(entry.data, options), lost=True, infer=True, stop=stop)
+        except Exception as exc:
+            return self._video_failed(entry, exc)
+        return [self._video_result(entry, response)]
+
     # -- API ------------------------------------------------------------------------------------------
 
     def detect(self, inputs: Any, *, recursive: bool = False,
-               on_progress: Callable[[int, int], None] | None = None, explain_labels=None) -> list[Result]:
-        """One Result per image, in input order (a directory counts as its files, sorted).
+               on_progress: Callable[[int, int], None] | None = None, explain_labels=None,
+               video_options: dict | None = None) -> list[Result]:
+        """One Result per image or video, in input order (a directory counts as its files, sorted).
 
         inputs: a path, directory, bytes, PIL image, or an iterable of them.
         recursive: descend into sub-directories of directory inputs.
@@ -122,10 +130,14 @@ class Client(BaseClient):
         explain_labels (the genguard_explain ensemble only): the label whose map each detector head answers,
         {detector: label}, {detector: {head: label}} or ["detector[.head]=label", ...]; other heads answer
         their predicted label's. An unknown detector, head or label raises ValueError before anything is sent.
+        video_options: how clips are sampled, {"fps", "max_frames", "sampling": "rate" | "keyframes"} (the
+        server's defaults otherwise). Clips (MP4/MOV, WebM, AVI, TS, animated GIF/WebP/APNG) go to the
+        genguard_video model one request each; their Result has kind "video", `video` and `timeline`.
         Raises ServerUnavailable (with .partial results) or ModelNotReady; per-image problems are
         FAILURE results.
         """
         labels = self._labels(explain_labels)
+        options = self._video_options(video_options)
         items = collect(inputs, recursive=recursive)
         if not items:
             return []
@@ -142,14 +154,17 @@ class Client(BaseClient):
         try:
             for window in windows(items, batch_size * WINDOW_BATCHES):
                 loaded, failed = load(window)
-                if failed:
-                    record(failed)
-                for batch in split(loaded, batch_size, self.max_request_bytes):
+                images, videos, refused = self._split_videos(loaded)
+                if failed or refused:
+                    record(failed + refused)
+                jobs = [(self._send, batch, stop, labels) for batch in split(images, batch_size, self.max_request_bytes)]
+                jobs += [(self._send_video, entry, stop, options) for entry in videos]
+                for fn, *args in jobs:
                     while len(pending) >= self.concurrency:
                         finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                         for future in finished:
                             record(future.result())
-                    pending.add(pool.submit(self._send, batch, stop, labels))
+                    pending.add(pool.submit(fn, *args))
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:

@@ -164,6 +164,18 @@ def _request(module, array: np.ndarray, labels: str | None = None):
     return inputs, [module.InferRequestedOutput(protocol.RESULT)]
 
 
+def _video_request(module, data: bytes, options: str | None = None):
+    """genguard_video's inputs: the clip's bytes as one unbatched UINT8 [L] row, and its optional OPTIONS."""
+    clip = module.InferInput(protocol.VIDEO, [len(data)], "UINT8")
+    clip.set_data_from_numpy(np.frombuffer(data, dtype=np.uint8))
+    inputs = [clip]
+    if options is not None:
+        tensor = module.InferInput(protocol.VIDEO_OPTIONS, [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([options.encode()], dtype=np.object_))
+        inputs.append(tensor)
+    return inputs, [module.InferRequestedOutput(protocol.RESULT)]
+
+
 def _config(doc: dict) -> dict:
     return doc.get("config", doc)  # gRPC's as_json wraps the config; HTTP returns it bare
 
@@ -207,6 +219,10 @@ class Transport:
         inputs, outputs = _request(self.module, array, labels)
         return self.client.infer(model, inputs, outputs=outputs, **self.kw)
 
+    def infer_video(self, data: bytes, options: str | None = None):
+        inputs, outputs = _video_request(self.module, data, options)
+        return self.client.infer(protocol.VIDEO_MODEL, inputs, outputs=outputs, **self.kw)
+
     def close(self) -> None:
         try:
             self.client.close()
@@ -245,6 +261,10 @@ class AsyncTransport:
     async def infer(self, model: str, array: np.ndarray, labels: str | None = None):
         inputs, outputs = _request(self.module, array, labels)
         return await self.client.infer(model, inputs, outputs=outputs, **self.kw)
+
+    async def infer_video(self, data: bytes, options: str | None = None):
+        inputs, outputs = _video_request(self.module, data, options)
+        return await self.client.infer(protocol.VIDEO_MODEL, inputs, outputs=outputs, **self.kw)
 
     async def close(self) -> None:
         await self.client.close()

@@ -22,6 +22,11 @@ NSFW_SCORES = "NSFW_SCORES"           # FP32 [4]: neutral, low, medium, high
 STATUS = "STATUS"                     # INT32 [1]: 0 success, 1 failure
 OUTPUTS = (RESULT, IS_AI_GENERATED, POSSIBLE_SOURCES, NSFW_SCORES, STATUS)
 
+# genguard_video: one clip per request (no batch dimension) -> the clip's answer, the same RESULT and STATUS
+VIDEO_MODEL = "genguard_video"
+VIDEO = "VIDEO"                       # UINT8 [-1]: the clip's encoded bytes (MP4/MOV, WebM, AVI, TS, animated images)
+VIDEO_OPTIONS = "OPTIONS"             # BYTES [1], optional: {"fps", "max_frames", "sampling"} as JSON
+
 IMAGE_INFO = "IMAGE_INFO"             # preprocess -> postprocess, BYTES [1]: JSON status + image facts
 DETECTOR_INPUT = "pixels"             # every detector model's input, FP32 [3, H, W]
 

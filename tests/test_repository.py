@@ -26,7 +26,7 @@ def repository(tiny_build, tmp_path_factory):
 
 def test_every_model_is_there_with_a_parsable_config(repository):
     names = {p.name for p in repository.iterdir() if p.is_dir()}
-    assert names == {"preprocess", "postprocess", "genguard", *specs.DETECTORS}
+    assert names == {"preprocess", "postprocess", "genguard", "genguard_video", *specs.DETECTORS}
     for name in names:
         config = read_config(repository / name)
         assert config.name == name
@@ -54,8 +54,21 @@ def test_ensemble_wires_each_detector_to_its_input_and_heads(repository):
 
 def test_max_batch_size_is_consistent(repository):
     sizes = {p.name: read_config(p).max_batch_size for p in repository.iterdir() if p.is_dir()}
+    assert sizes.pop("genguard_video") == 0  # one clip per request, unbatched
     assert len(set(sizes.values())) == 1, sizes
     assert sizes["genguard"] > 1
+
+
+def test_video_model_sends_frames_in_ensemble_sized_batches_with_rendered_defaults(repository):
+    import json
+
+    config = read_config(repository / "genguard_video")
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert config.backend == "python" and params["ensemble"] == "genguard"
+    assert int(params["frame_batch"]) == read_config(repository / "genguard").max_batch_size
+    assert json.loads(params["sampling"]) == {"fps": 1.0, "max_frames": 120, "mode": "rate"}
+    assert [(i.name, i.optional) for i in config.input] == [("VIDEO", False), ("OPTIONS", True)]
+    assert (repository / "genguard_video" / "1" / "model.py").read_text().startswith('"""`genguard_video`')
 
 
 def test_detector_configs_carry_provenance_labels_and_batching(repository):

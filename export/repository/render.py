@@ -16,13 +16,14 @@ from .common import (DEFAULT_MAX_BATCH, GPU_TARGETS, RENDERED_MARKER, TARGETS, E
                      _write_model, ensemble_config, find_exports, postprocess_config)
 from .cpu import CpuOptions, render_cpu
 from .gpu import GpuOptions, render_gpu
+from .video import VideoOptions, render_video
 
 
 def render(target: str, build: Path, out: Path | None = None, *, detectors: list[str] | None = None,
            max_batch: int = DEFAULT_MAX_BATCH, fusion: FusionConfig = FusionConfig(),
            limits: DecodeLimits = DecodeLimits(), cpu: CpuOptions = CpuOptions(), copy: bool | None = None,
            gpu: GpuOptions = GpuOptions(), provenance: ProvenanceConfig = ProvenanceConfig(),
-           explain: bool = False) -> Path:
+           explain: bool = False, video: VideoOptions = VideoOptions()) -> Path:
     """Render build/model_repository/<target>/ (or `out`) and return its path.
 
     copy: copy model.onnx files (True) or symlink them to build/onnx (False). Default (None): copies for
@@ -31,6 +32,7 @@ def render(target: str, build: Path, out: Path | None = None, *, detectors: list
     cpu: options of the cpu target; gpu: options of the onnx-gpu and tensorrt targets.
     provenance: metadata reading in preprocess/validate (trust anchors, limits, full text).
     explain: also render the `genguard_explain` ensemble (export/repository/explain.py).
+    video: limits, sampling defaults and aggregation of `genguard_video` (export/repository/video.py).
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
@@ -48,7 +50,7 @@ def render(target: str, build: Path, out: Path | None = None, *, detectors: list
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     try:
-        _render_into(staging, target, dets, max_batch, fusion, limits, cpu, copy, gpu, provenance, explain)
+        _render_into(staging, target, dets, max_batch, fusion, limits, cpu, copy, gpu, provenance, explain, video)
         (staging / RENDERED_MARKER).write_text(f"rendered by genguard.export.repository for target {target}\n")
         _swap_into_place(staging, out)
     finally:
@@ -81,7 +83,8 @@ def _swap_into_place(staging: Path, out: Path) -> None:
 
 def _render_into(out: Path, target: str, dets: list[ExportedDetector], max_batch: int, fusion: FusionConfig,
                  limits: DecodeLimits, cpu: CpuOptions, copy: bool, gpu: GpuOptions,
-                 provenance: ProvenanceConfig = ProvenanceConfig(), explain: bool = False) -> None:
+                 provenance: ProvenanceConfig = ProvenanceConfig(), explain: bool = False,
+                 video: VideoOptions = VideoOptions()) -> None:
     inputs = specs.distinct_inputs([d.spec for d in dets])
     detector_specs = [d.spec for d in dets]
     chosen: dict[str, str] = {}
@@ -97,6 +100,7 @@ def _render_into(out: Path, target: str, dets: list[ExportedDetector], max_batch
     _write_model(out, postprocess_config(dets, max_batch, fusion, chosen, best, served), post_files,
                  model_py="postprocess")
     _write_model(out, ensemble_config(dets, inputs, max_batch, validate=target in GPU_TARGETS), post_files)
+    render_video(out, max_batch, video, provenance)
     if explain:
         from .explain import render_explain
 

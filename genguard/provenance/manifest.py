@@ -42,15 +42,22 @@ class ManifestReader:
 
     def read(self, data: bytes, container: str) -> dict:
         """The `c2pa` block of the answer for an image that embeds a manifest store."""
+        return self.read_mime(data, MIME[container])
+
+    def read_mime(self, data: bytes, mime: str) -> dict:
+        """The `c2pa` block for a file of type `mime` (images, and MP4/MOV clips): {"present": False} when it
+        embeds no manifest store."""
         import c2pa
 
         try:
-            with c2pa.Reader(MIME[container], io.BytesIO(data), context=self._context()) as reader:
+            with c2pa.Reader(mime, io.BytesIO(data), context=self._context()) as reader:
                 store = json.loads(reader.json())
                 state = reader.get_validation_state()
         except c2pa.C2paError as exc:
-            return {"present": True, "state": "error", "failures": [type(exc).__name__.lstrip("_").removeprefix("C2pa")],
-                    "message": str(exc)[:300]}
+            kind = type(exc).__name__.lstrip("_").removeprefix("C2pa")
+            if kind == "ManifestNotFound":
+                return {"present": False}
+            return {"present": True, "state": "error", "failures": [kind], "message": str(exc)[:300]}
         return summarize(store, state)
 
 
