@@ -43,11 +43,14 @@ setup:
 	else \
 		$(BIN)/pip install --disable-pip-version-check -q --no-deps -e . ; \
 	fi
-	@# the test tools that are not Python packages: promtool (alert-rule tests) and Debian's chromium (browser
-	@# tests); both need apt (root): elsewhere the tests that need them fail saying what to install
+	@# the test tools that are not Python packages: promtool (alert-rule tests), Debian's chromium (browser
+	@# tests) and redis-server (the shared answer cache's tests); they need apt (root): elsewhere the tests that
+	@# need them fail saying what to install
 	@bash deploy/tools/install-promtool.sh $(BIN)/python || echo "promtool not installed (needs apt): deploy/tools/install-promtool.sh"
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "chromium not installed (needs apt): apt-get install chromium"
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; } \
+		|| echo "redis-server not installed (needs apt): apt-get install redis-server"
 	@echo "venv ready: $(VENV)"
 
 # Two tiers (docs/development.md, "Tests"): `make test` is the fast tier (minutes; still one real tritonserver + gateway);

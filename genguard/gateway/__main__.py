@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"reconnect attempts before 503 (default {d.triton_retries})")
     parser.add_argument("--public-metrics", action="store_true", default=None,
                         help="serve /metrics without an API key (default: the key is required when keys are on)")
+    parser.add_argument("--cache", default=None, help=f"answer cache: off, memory or redis://host:port/db "
+                        f"(default {d.cache}; ${env('cache')})")
+    parser.add_argument("--cache-max-bytes", type=int, default=None,
+                        help=f"memory cache bound (default {d.cache_max_bytes}; entries: ${env('cache_max_entries')})")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
@@ -38,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from .app import create_app
 
     names = ("triton_url", "host", "port", "api_keys_file", "max_body_bytes", "max_images", "deadline_s",
-             "max_concurrency", "max_queue", "retry_after_s", "triton_retries", "public_metrics")
+             "max_concurrency", "max_queue", "retry_after_s", "triton_retries", "public_metrics", "cache", "cache_max_bytes")
     try:
         settings = Settings.from_env(**{n: getattr(args, n) for n in names})
         app = create_app(settings)

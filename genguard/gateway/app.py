@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from .cache import AnswerCache, store_for
 from .engine import Engine
 from .errors import (ApiError, api_error_handler, disconnect_handler, http_error_handler, unexpected_error_handler,
                      validation_error_handler)
@@ -43,14 +44,20 @@ def create_app(settings: Settings | None = None, keys: list[str] | None = None) 
     limiter = Limiter(settings.max_concurrency, settings.max_queue, settings.retry_after_s)
     engine = Engine(settings, limiter)
     metrics = Metrics(limiter)
-    state = GatewayState(settings, ApiKeys(keys), limiter, engine, metrics)
+    store = store_for(settings)
+    cache = AnswerCache(store, engine.describe, metrics, settings.cache_identity_s) if store is not None else None
+    if store is not None:
+        metrics.watch_cache(store)
+    state = GatewayState(settings, ApiKeys(keys), limiter, engine, metrics, cache)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        log.info("GenGuard gateway -> Triton gRPC %s; API keys %s", settings.triton_url,
-                 f"on ({len(keys)})" if keys else "OFF (loopback only)")
+        log.info("GenGuard gateway -> Triton gRPC %s; API keys %s; answer cache %s", settings.triton_url,
+                 f"on ({len(keys)})" if keys else "OFF (loopback only)", settings.cache.split("@")[-1])
         yield
         await engine.close()
+        if cache is not None:
+            await cache.close()
 
     app = FastAPI(title="GenGuard", version=_version(), description=DESCRIPTION, lifespan=lifespan,
                   telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False,

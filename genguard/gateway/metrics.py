@@ -6,6 +6,8 @@ genguard_gateway_request_body_bytes_total{route}     request body bytes received
 genguard_gateway_images_total{route,status}          images answered, SUCCESS / FAILURE
 genguard_gateway_image_failures_total{reason}        per-image failures by reason (corrupt, truncated ...)
 genguard_gateway_requests_admitted / _forwarding     requests admitted (queue + in flight) / in flight to Triton
+genguard_gateway_cache_lookups_total{result}         answer-cache lookups per image: hit, miss, error
+genguard_gateway_cache_entries / _bytes              the in-process answer cache's size (memory store)
 """
 
 from __future__ import annotations
@@ -35,6 +37,18 @@ class Metrics:
         admitted.set_function(lambda: limiter.admitted)
         forwarding = Gauge("genguard_gateway_requests_forwarding", "requests in flight to Triton", registry=r)
         forwarding.set_function(lambda: limiter.forwarding)
+        self.cache_lookups = Counter("genguard_gateway_cache_lookups", "answer-cache lookups per image", ["result"],
+                                     registry=r)
+        for result in ("hit", "miss", "error"):
+            self.cache_lookups.labels(result)  # present at 0 from the start (rates and alerts need the series)
+
+    def watch_cache(self, store) -> None:
+        """The memory store's size as gauges (Redis reports its own)."""
+        if hasattr(store, "bytes"):
+            Gauge("genguard_gateway_cache_entries", "answers in the in-process cache",
+                  registry=self.registry).set_function(lambda: len(store))
+            Gauge("genguard_gateway_cache_bytes", "bytes of answers in the in-process cache",
+                  registry=self.registry).set_function(lambda: store.bytes)
 
     def record_documents(self, route: str, docs: list[dict]) -> None:
         for doc in docs:

@@ -89,6 +89,9 @@ class Document(BaseModel):
     error: DocumentError | None = None
     is_ai_generated: float | None = None
     possible_sources: dict[str, float] | None = None
+    cached: bool | None = Field(None, description="true: answered from the gateway's answer cache (the same bytes, "
+                                                   "models, fusion and options were answered before); absent when "
+                                                   "the cache is off")
 
 
 class ExtendedResponse(BaseModel):

@@ -33,12 +33,21 @@ class Settings:
     triton_retries: int = 1               # reconnect attempts before answering 503
     triton_backoff_s: float = 0.25
     public_metrics: bool = False          # GET /metrics without a key (when keys are on)
+    cache: str = "memory"                 # answer cache: off | memory (per gateway) | redis://host:port/db (shared)
+    cache_max_entries: int = 100_000      # memory: images remembered (LRU)
+    cache_max_bytes: int = 256 << 20      # memory: bytes of answers remembered (LRU)
+    cache_ttl_s: int = 86_400             # redis: an entry's lifetime
+    cache_identity_s: float = 1.0         # how often the served models/fusion are re-read for the cache key
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1 or self.max_images < 1 or self.max_concurrency < 1 or self.max_queue < 0:
             raise SettingsError("max_body_bytes, max_images and max_concurrency must be >= 1, max_queue >= 0")
         if self.deadline_s <= 0 or self.retry_after_s < 0 or self.triton_retries < 0 or self.triton_backoff_s < 0:
             raise SettingsError("deadline_s must be > 0; retry_after_s, triton_retries, triton_backoff_s >= 0")
+        if self.cache not in ("off", "memory") and not self.cache.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(f"cache={self.cache!r}: expected off, memory or a redis:// URL")
+        if self.cache_max_entries < 1 or self.cache_max_bytes < 1 or self.cache_ttl_s < 1 or self.cache_identity_s < 0:
+            raise SettingsError("cache_max_entries, cache_max_bytes, cache_ttl_s must be >= 1, cache_identity_s >= 0")
 
     @property
     def loopback(self) -> bool:

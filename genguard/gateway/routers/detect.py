@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from ..cache import hits_header
 from ..errors import ApiError
 from ..inputs import check_count, decode_all, parse_json, read_body, validate
 from ..limits import require_key
@@ -98,4 +99,4 @@ async def detect(request: Request, explain: bool = Query(
                            f"Content-Type {kind or '(none)'} is not accepted here: send multipart/form-data with "
                            "`file` fields, or application/json with data URLs")
         docs = await state.answer(PATH, images, explain=explain or bool(labels), explain_labels=labels or None)
-    return JSONResponse({"data": [{**d, "name": n} for d, n in zip(docs, names)]})
+    return JSONResponse({"data": [{**d, "name": n} for d, n in zip(docs, names)]}, headers=hits_header(docs))

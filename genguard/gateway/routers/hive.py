@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
+from ..cache import hits_header
 from ..inputs import decode_all, parse_json, read_body, validate
 from ..limits import require_key
 from ..schemas import ERROR_RESPONSES, ExtendedResponse, HiveItem, HiveRequest, HiveResponse
@@ -36,4 +37,4 @@ async def hive_detect(request: Request, extended: bool = Query(
         del body
         docs = await state.answer(PATH, images)
     data = docs if extended else [hive_item(d) for d in docs]
-    return JSONResponse({"data": data})
+    return JSONResponse({"data": data}, headers=hits_header(docs))
