@@ -15,7 +15,7 @@ from typing import TextIO
 from .errors import GenGuardError, ModelNotReady, RequestTimeout, ServerUnavailable
 from .inputs import Item, collect
 from .rest import Unauthorized
-from .results import Result, hive_view
+from .results import ImageInfo, Result, hive_view
 from .sync import Client
 from .transport import DEFAULT_PORTS, HOST, normalize_url
 
@@ -32,7 +32,7 @@ EXIT_CODES = f"""exit status:
 """
 
 CSV_COLUMNS = ("index", "name", "status", "is_ai_generated", "verdict", "source", "nsfw_level",
-               "width", "height", "format", "error_reason", "error_message")
+               "width", "height", "format", "error_reason", "error_message", "kind", "duration_s", "frames_sampled")
 
 
 def _threshold(text: str) -> float:
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Send images to GenGuard; one output row per image, in argument order "
                                         "(directories and globs expand sorted).")
     detect.add_argument("paths", nargs="+", metavar="PATH",
-                        help="image file, directory, glob ('shots/*.jpg'), or - for image bytes on stdin")
+                        help="image or video file, directory, glob ('shots/*.jpg'), or - for bytes on stdin")
     detect.add_argument("-r", "--recursive", action="store_true", help="descend into sub-directories")
     detect.add_argument("--format", choices=("table", "jsonl", "csv", "hive"), default="table",
                         help="table (default), jsonl (the full per-image answer), csv, or hive (Hive NIM JSON)")
@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images per request (default and cap: the server's max_batch_size)")
     detect.add_argument("--concurrency", type=_positive, default=2, help="requests in flight (default 2)")
     detect.add_argument("--no-progress", action="store_true", help="no progress bar")
+    detect.add_argument("--fps", type=float, default=None,
+                        help="videos: frames sampled per second of video (default: the server's, 1)")
+    detect.add_argument("--max-frames", type=_positive, default=None,
+                        help="videos: at most this many sampled frames per clip (default: the server's, 120)")
+    detect.add_argument("--sampling", choices=("rate", "keyframes"), default=None,
+                        help="videos: every 1/fps s (rate, the server's default) or keyframes only")
 
     explain = sub.add_parser("explain", parents=[connection], epilog=EXIT_CODES,
                              formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -142,6 +148,9 @@ def _expand(paths: list[str], parser: argparse.ArgumentParser, stdin) -> list:
 def _row(result: Result, threshold: float | None) -> dict:
     result = result.with_threshold(threshold) if threshold is not None else result
     image = result.image
+    clip = result.video or {}
+    if clip:  # a clip's size and container in the image columns
+        image = ImageInfo(clip.get("width"), clip.get("height"), clip.get("container"))
     return {
         "index": result.index, "name": result.name, "status": result.status,
         "is_ai_generated": "" if result.is_ai_generated is None else f"{result.is_ai_generated:.6f}",
@@ -151,6 +160,8 @@ def _row(result: Result, threshold: float | None) -> dict:
         "format": image.format if image else "",
         "error_reason": result.error.reason if result.error else "",
         "error_message": result.error.message if result.error else "",
+        "kind": result.kind, "duration_s": "" if clip.get("duration_s") is None else clip["duration_s"],
+        "frames_sampled": clip.get("frames_sampled", ""),
     }
 
 
@@ -160,8 +171,11 @@ def write_table(results: list[Result], threshold: float | None, out: TextIO) -> 
     for r in results:
         row = _row(r, threshold)
         if r.ok:
-            rows.append((str(r.index), r.name, r.status, row["verdict"], f"{r.is_ai_generated:.3f}", row["source"],
-                         row["nsfw_level"] or "-"))
+            nsfw = row["nsfw_level"] or "-"
+            if r.kind == "video" and r.nsfw and r.nsfw.timestamps:  # a clip: where its NSFW peak is
+                nsfw += " at " + ",".join(f"{t:g}s" for t in r.nsfw.timestamps[:3])
+            rows.append((str(r.index), r.name + (f" [video {row['frames_sampled']} frames]" if r.kind == "video" else ""),
+                         r.status, row["verdict"], f"{r.is_ai_generated:.3f}", row["source"], nsfw))
         else:
             rows.append((str(r.index), r.name, r.status, f"{row['error_reason']}: {row['error_message']}"))
     widths = [max([len(header[i])] + [len(row[i]) for row in rows if len(row) > i + 1]) for i in range(len(header))]
@@ -247,7 +261,10 @@ def detect(args, parser: argparse.ArgumentParser) -> int:
                desc="genguard")
     try:
         with _client(args, batch_size=args.batch_size, concurrency=args.concurrency) as client:
-            results = client.detect(items, on_progress=lambda done, total: bar.update(done - bar.n))
+            options = {k: v for k, v in (("fps", args.fps), ("max_frames", args.max_frames),
+                                         ("sampling", args.sampling)) if v is not None}
+            results = client.detect(items, on_progress=lambda done, total: bar.update(done - bar.n),
+                                    video_options=options or None)
     except ServerUnavailable as exc:
         bar.close()
         answered = f" ({len(exc.partial)} of {len(items)} images were answered before that)" if exc.partial else ""

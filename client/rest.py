@@ -127,12 +127,12 @@ class RestClient:
             time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _send(self, batch: list[Loaded]) -> list[Result]:
+    def _send(self, batch: list[Loaded], params: dict | None = None) -> list[Result]:
         import httpx
 
         files = [("file", (entry.item.name, entry.data, "application/octet-stream")) for entry in batch]
         try:
-            response = self._request("POST", "/v1/detect", files=files)
+            response = self._request("POST", "/v1/detect", files=files, params=params or None)
         except httpx.TimeoutException:
             return self._failed(batch, "timeout", f"no answer from the gateway at {self.url} within "
                                                   f"{self.timeout:g} s: raise --timeout or lower --batch-size")
@@ -154,8 +154,12 @@ class RestClient:
     # -- API ------------------------------------------------------------------------------------------
 
     def detect(self, inputs: Any, *, recursive: bool = False,
-               on_progress: Callable[[int, int], None] | None = None) -> list[Result]:
-        """See Client.detect."""
+               on_progress: Callable[[int, int], None] | None = None, video_options: dict | None = None) -> list[Result]:
+        """See Client.detect; video_options ({"fps", "max_frames", "sampling"}) become /v1/detect's query."""
+        params = dict(video_options or {})
+        unknown = sorted(set(params) - {"fps", "max_frames", "sampling"})
+        if unknown:
+            raise ValueError(f"video_options through the gateway take fps, max_frames and sampling, not {unknown}")
         items = collect(inputs, recursive)
         if not items:
             return []
@@ -178,7 +182,7 @@ class RestClient:
                             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                             for future in finished:
                                 record(future.result())
-                        pending.add(pool.submit(self._send, batch))
+                        pending.add(pool.submit(self._send, batch, params))
                 for future in pending:
                     record(future.result())
             except BaseException as exc:

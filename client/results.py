@@ -35,6 +35,7 @@ class NsfwResult:
     at_least: dict[str, float]   # P(level or more explicit), for low, medium, high
     flagged: bool | None = None  # the server's is_nsfw under its configured rule (`rule`)
     rule: str | None = None
+    timestamps: list[float] | None = None  # a clip's: when its sampled frames reached `level` (seconds)
 
     def is_nsfw(self, level: str = "medium", threshold: float = 0.5) -> bool:
         """Freepik card semantics: NSFW when P(at least `level`) >= threshold."""
@@ -53,7 +54,7 @@ class NsfwResult:
             at_least = {lvl: sum(scores[x] for x in levels[i:]) for i, lvl in enumerate(levels) if i > 0}
         return cls(level=doc.get("level") or max(scores, key=scores.get), scores=scores,
                    at_least={k: float(v) for k, v in at_least.items()},
-                   flagged=doc.get("is_nsfw"), rule=doc.get("rule"))
+                   flagged=doc.get("is_nsfw"), rule=doc.get("rule"), timestamps=doc.get("timestamps"))
 
 
 @dataclass(frozen=True)

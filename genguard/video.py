@@ -57,6 +57,7 @@ class Sampling:
     fps: float = 1.0
     max_frames: int = 120
     mode: str = "rate"
+    max_duration_s: float | None = None  # a request's own, lower duration limit (the gateway's synchronous one)
 
     def __post_init__(self) -> None:
         if self.mode not in ("rate", "keyframes"):
@@ -65,6 +66,8 @@ class Sampling:
             raise ValueError(f"fps must be a positive number, not {self.fps!r}")
         if int(self.max_frames) != self.max_frames or self.max_frames < 1:
             raise ValueError(f"max_frames must be a whole number >= 1, not {self.max_frames!r}")
+        if self.max_duration_s is not None and not (self.max_duration_s > 0 and math.isfinite(self.max_duration_s)):
+            raise ValueError(f"max_duration_s must be a positive number, not {self.max_duration_s!r}")
 
 
 @dataclass
@@ -158,6 +161,8 @@ def open_clip(data: bytes, limits: VideoLimits = VideoLimits(),
     if size > limits.max_bytes:
         raise VideoRejected("too_large", f"video is {size} bytes, over the limit of {limits.max_bytes} bytes")
     max_frames = min(int(sampling.max_frames), limits.max_sampled_frames)
+    if sampling.max_duration_s is not None:  # a request may lower the duration limit, never raise it
+        limits = dataclasses.replace(limits, max_duration_s=min(limits.max_duration_s, sampling.max_duration_s))
     kind = sniff(data)
     if kind in ANIMATED:
         return _open_animated(data, kind, limits, _Sampler(sampling, max_frames, limits))
@@ -314,19 +319,22 @@ def png(image: Image.Image) -> bytes:
 
 
 def parse_options(text: str | bytes | None, defaults: Sampling = Sampling()) -> Sampling:
-    """A request's OPTIONS JSON ({"fps", "max_frames", "sampling"}) over the served defaults; ValueError
-    naming the bad field."""
+    """A request's OPTIONS JSON ({"fps", "max_frames", "sampling", "max_duration_s"}) over the served defaults;
+    ValueError naming the bad field."""
     if not text:
         return defaults
     raw = json.loads(text)
     if not isinstance(raw, dict):
         raise ValueError("video options must be a JSON object")
-    known = {"fps", "max_frames", "sampling"}
+    known = {"fps", "max_frames", "sampling", "max_duration_s"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"unknown video option(s) {', '.join(unknown)}: known are {', '.join(sorted(known))}")
     values = {"fps": raw.get("fps", defaults.fps), "max_frames": raw.get("max_frames", defaults.max_frames),
-              "mode": raw.get("sampling", defaults.mode)}
-    if isinstance(values["fps"], bool) or not isinstance(values["fps"], (int, float)):
-        raise ValueError(f"fps must be a number, not {values['fps']!r}")
+              "mode": raw.get("sampling", defaults.mode),
+              "max_duration_s": raw.get("max_duration_s", defaults.max_duration_s)}
+    for name in ("fps", "max_duration_s"):
+        value = values[name]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{name} must be a number, not {value!r}")
     return dataclasses.replace(defaults, **values)

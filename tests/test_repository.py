@@ -66,7 +66,7 @@ def test_video_model_sends_frames_in_ensemble_sized_batches_with_rendered_defaul
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert config.backend == "python" and params["ensemble"] == "genguard"
     assert int(params["frame_batch"]) == read_config(repository / "genguard").max_batch_size
-    assert json.loads(params["sampling"]) == {"fps": 1.0, "max_frames": 120, "mode": "rate"}
+    assert json.loads(params["sampling"]) == {"fps": 1.0, "max_frames": 120, "mode": "rate", "max_duration_s": None}
     assert [(i.name, i.optional) for i in config.input] == [("VIDEO", False), ("OPTIONS", True)]
     assert (repository / "genguard_video" / "1" / "model.py").read_text().startswith('"""`genguard_video`')
 

@@ -33,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default {d.cache}; ${env('cache')})")
     parser.add_argument("--cache-max-bytes", type=int, default=None,
                         help=f"memory cache bound (default {d.cache_max_bytes}; entries: ${env('cache_max_entries')})")
+    parser.add_argument("--video-max-bytes", type=int, default=None,
+                        help=f"a clip on POST /v1/detect (default {d.video_max_bytes}, 32 MiB; larger: POST /v1/jobs)")
+    parser.add_argument("--video-max-duration-s", type=float, default=None,
+                        help=f"a clip's duration on POST /v1/detect (default {d.video_max_duration_s:g}; longer: "
+                             "POST /v1/jobs)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
@@ -42,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from .app import create_app
 
     names = ("triton_url", "host", "port", "api_keys_file", "max_body_bytes", "max_images", "deadline_s",
-             "max_concurrency", "max_queue", "retry_after_s", "triton_retries", "public_metrics", "cache", "cache_max_bytes")
+             "max_concurrency", "max_queue", "retry_after_s", "triton_retries", "public_metrics", "cache", "cache_max_bytes",
+             "video_max_bytes", "video_max_duration_s")
     try:
         settings = Settings.from_env(**{n: getattr(args, n) for n in names})
         app = create_app(settings)

@@ -51,16 +51,18 @@ class Engine:
                         f"{self.settings.retry_after_s} s", {"Retry-After": str(self.settings.retry_after_s)})
 
     async def detect(self, images: list[bytes], explain: bool = False,
-                     explain_labels: dict | None = None) -> list[dict]:
+                     explain_labels: dict | None = None, video_options: dict | None = None) -> list[dict]:
         """One document per image, in order, each with `index` = its position in `images`; explain: through
         the `genguard_explain` ensemble (the same documents plus `explanations`), explain_labels: the checked
-        {detector: {head: label}} whose maps to answer instead of the predicted labels'."""
+        {detector: {head: label}} whose maps to answer instead of the predicted labels'. Clips go to
+        `genguard_video` (the client routes them), sampled by video_options."""
         retry_after = {"Retry-After": str(self.settings.retry_after_s)}
         client = self.explain_client() if explain else self.client
 
         async def forward():
             async with self.limiter.slot():
-                return await client.detect(images, explain_labels=explain_labels if explain else None)
+                return await client.detect(images, explain_labels=explain_labels if explain else None,
+                                           video_options=video_options)
 
         try:
             results = await asyncio.wait_for(forward(), self.settings.deadline_s)

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from .errors import ApiError
 from .schemas import DATA_URL
 
-_DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]+(?:;[A-Za-z0-9_.+-]+=[^;,]*)*;base64,", re.IGNORECASE)
+_DATA_URL = re.compile(r"data:(?:image|video)/[A-Za-z0-9.+-]+(?:;[A-Za-z0-9_.+-]+=[^;,]*)*;base64,", re.IGNORECASE)
 _ASSET = re.compile(r"data:[^,]*;asset_id,", re.IGNORECASE)
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _WHITESPACE = re.compile(rb"\s+")
@@ -76,7 +76,7 @@ def decode_data_url(index: int, item: str) -> bytes:
                            f"input[{index}] is a URL ({item[:40]}...): GenGuard never fetches URLs; download the "
                            f"image yourself and send its bytes as `{DATA_URL}`")
         raise ApiError(422, "bad_data_url",
-                       f"input[{index}] does not start with `data:image/<type>;base64,` "
+                       f"input[{index}] does not start with `data:image/<type>;base64,` or `data:video/<type>;base64,` "
                        f"(it starts {item[:30]!r}): send `{DATA_URL}`")
     payload = item[match.end():].encode("ascii", errors="replace")
     if b"\n" in payload or b"\r" in payload or b" " in payload:  # MIME-wrapped base64

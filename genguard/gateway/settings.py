@@ -38,10 +38,14 @@ class Settings:
     cache_max_bytes: int = 256 << 20      # memory: bytes of answers remembered (LRU)
     cache_ttl_s: int = 86_400             # redis: an entry's lifetime
     cache_identity_s: float = 1.0         # how often the served models/fusion are re-read for the cache key
+    video_max_bytes: int = 32 << 20       # a clip on POST /v1/detect (larger: the jobs API, POST /v1/jobs)
+    video_max_duration_s: float = 60.0    # a clip's duration on POST /v1/detect (longer: POST /v1/jobs)
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1 or self.max_images < 1 or self.max_concurrency < 1 or self.max_queue < 0:
             raise SettingsError("max_body_bytes, max_images and max_concurrency must be >= 1, max_queue >= 0")
+        if self.video_max_bytes < 1 or self.video_max_duration_s <= 0:
+            raise SettingsError("video_max_bytes must be >= 1 and video_max_duration_s > 0")
         if self.deadline_s <= 0 or self.retry_after_s < 0 or self.triton_retries < 0 or self.triton_backoff_s < 0:
             raise SettingsError("deadline_s must be > 0; retry_after_s, triton_retries, triton_backoff_s >= 0")
         if self.cache not in ("off", "memory") and not self.cache.startswith(("redis://", "rediss://", "unix://")):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import videos
 from .cache import AnswerCache
 from .engine import Engine
 from .limits import ApiKeys, Limiter
@@ -21,14 +22,26 @@ class GatewayState:
     cache: AnswerCache | None = None
 
     async def answer(self, route: str, images: list[bytes], explain: bool = False,
-                     explain_labels: dict | None = None) -> list[dict]:
-        """Forward the images (the answer cache first); one document per image (index = position), counted."""
+                     explain_labels: dict | None = None, video_options: dict | None = None) -> list[dict]:
+        """Forward the images and clips (the answer cache first); one document per input (index = position),
+        counted. Clips over the synchronous byte limit fail alone here; video_options (videos.options) carries
+        the duration limit that genguard_video applies."""
         def forward(batch: list[bytes]):
-            return self.engine.detect(batch, explain=explain, explain_labels=explain_labels)
+            return self.engine.detect(batch, explain=explain, explain_labels=explain_labels,
+                                      video_options=video_options)
 
-        if self.cache is None:
-            docs = await forward(images)
+        refused = {i: doc for i, data in enumerate(images)
+                   if (doc := videos.refusal(i, data, self.settings.video_max_bytes)) is not None}
+        sent = [data for i, data in enumerate(images) if i not in refused]
+        if not sent:
+            answered = []
+        elif self.cache is None:
+            answered = await forward(sent)
         else:
-            docs = await self.cache.detect(images, forward, {"explain": explain, "labels": explain_labels})
+            answered = await self.cache.detect(sent, forward, {"explain": explain, "labels": explain_labels,
+                                                               "video": video_options})
+        answered = iter(answered)
+        docs = [refused[i] if i in refused else {**videos.with_jobs_hint(next(answered)), "index": i}
+                for i in range(len(images))]
         self.metrics.record_documents(route, docs)
         return docs

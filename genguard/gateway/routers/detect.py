@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
@@ -11,6 +13,7 @@ from ..errors import ApiError
 from ..inputs import check_count, decode_all, parse_json, read_body, validate
 from ..limits import require_key
 from ..schemas import ERROR_RESPONSES, DetectMultipart, DetectRequest, DetectResponse
+from ..videos import options as video_options
 
 PATH = "/v1/detect"
 router = APIRouter(tags=["GenGuard"])
@@ -67,18 +70,34 @@ def _merge(query: dict, body: dict) -> dict:
 
 
 @router.post(PATH, dependencies=[Depends(require_key)], response_model=DetectResponse, responses=ERROR_RESPONSES,
-             openapi_extra={"requestBody": BODY}, summary="Detect: upload files, or data URLs in JSON")
+             openapi_extra={"requestBody": BODY}, summary="Detect: upload images and videos, or data URLs in JSON")
 async def detect(request: Request, explain: bool = Query(
         False, description="answer through the genguard_explain ensemble: each document gains `explanations` "
                            "(heatmaps per detector head; slower: see docs/explanations.md)"),
         explain_label: list[str] = Query(
             [], description="map this label instead of the predicted one, `<detector>=<label>` or "
-                            "`<detector>.<head>=<label>` (repeatable; implies explain=true), e.g. `sumsub_sd=real`")):
-    """Multipart: one or many `file` fields (`curl -F file=@a.jpg -F file=@b.png`). JSON: `{"input":
-    ["data:image/<type>;base64,..."], "names": [...]}`. Answers GenGuard's full document per image, in
-    order, with `index` and `name`; a bad image is that item's FAILURE. `?explain=true` adds heatmaps;
-    `explain_label` (or JSON `explain_labels`) names the label to map per head instead of the predicted one."""
+                            "`<detector>.<head>=<label>` (repeatable; implies explain=true), e.g. `sumsub_sd=real`"),
+        fps: float | None = Query(None, gt=0, description="videos: frames sampled per second of video "
+                                                          "(server default 1; the first frame always)"),
+        max_frames: int | None = Query(None, ge=1, description="videos: at most this many sampled frames per clip "
+                                                               "(server default 120)"),
+        sampling: Literal["rate", "keyframes"] | None = Query(
+            None, description="videos: `rate` (every 1/fps s) or `keyframes` (only keyframes are decoded)")):
+    """Multipart: one or many `file` fields (`curl -F file=@a.jpg -F file=@clip.mp4`). JSON: `{"input":
+    ["data:image/<type>;base64,...", "data:video/mp4;base64,..."], "names": [...]}`. Answers GenGuard's full
+    document per image, in order, with `index` and `name`; a bad image is that item's FAILURE. `?explain=true`
+    adds heatmaps; `explain_label` (or JSON `explain_labels`) names the label to map per head instead of the
+    predicted one.
+
+    **Videos** (MP4/MOV, WebM, AVI, MPEG-TS, animated GIF/WebP/PNG; told from images by their bytes) are answered
+    by the `genguard_video` model, one document per clip with `kind: "video"`: the clip's verdict, `source`
+    and `is_ai_generated` aggregated from its sampled frames, `nsfw` (the highest level reached and its
+    timestamps), `timeline` (per sampled frame: `t`, `is_ai_generated`, `source`, `nsfw_level`) and `video`
+    (container, codec, size, duration, fps). Sampling: `fps`, `max_frames`, `sampling`. A clip over this
+    route's synchronous limits (`video_max_bytes`, `video_max_duration_s`) is that item's FAILURE naming the
+    asynchronous jobs API, `POST /v1/jobs`. See docs/video.md."""
     state = request.app.state.gateway
+    clip_options = video_options(state.settings.video_max_duration_s, fps, max_frames, sampling)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     labels = _labels(explain_label, "explain_label")
     async with state.limiter.admit():
@@ -98,5 +117,6 @@ async def detect(request: Request, explain: bool = Query(
             raise ApiError(415, "unsupported_media_type",
                            f"Content-Type {kind or '(none)'} is not accepted here: send multipart/form-data with "
                            "`file` fields, or application/json with data URLs")
-        docs = await state.answer(PATH, images, explain=explain or bool(labels), explain_labels=labels or None)
+        docs = await state.answer(PATH, images, explain=explain or bool(labels), explain_labels=labels or None,
+                                  video_options=clip_options)
     return JSONResponse({"data": [{**d, "name": n} for d, n in zip(docs, names)]}, headers=hits_header(docs))

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from ..cache import hits_header
 from ..inputs import decode_all, parse_json, read_body, validate
 from ..limits import require_key
+from ..videos import refuse_videos
 from ..schemas import ERROR_RESPONSES, ExtendedResponse, HiveItem, HiveRequest, HiveResponse
 
 PATH = "/v1/cv/hive/ai-generated-image-detection"
@@ -29,12 +30,14 @@ async def hive_detect(request: Request, extended: bool = Query(
         False, description="answer GenGuard's full per-image documents instead of Hive's four fields")):
     """Exactly what Hive's NIM endpoint takes: `{"input": ["data:image/<type>;base64,..."]}` with
     `Authorization: Bearer <key>`; answers `{"data": [{"index", "is_ai_generated", "possible_sources",
-    "status"}]}`. A bad image is that item's FAILURE; the others are answered."""
+    "status"}]}`. A bad image is that item's FAILURE; the others are answered. Videos are refused (422
+    `video_not_supported`): send them to POST /v1/detect."""
     state = request.app.state.gateway
     async with state.limiter.admit():
         body = validate(HiveRequest, parse_json(await read_body(request)), request.headers)
         images = decode_all(body.input, state.settings.max_images)
         del body
+        refuse_videos(images, PATH)
         docs = await state.answer(PATH, images)
     data = docs if extended else [hive_item(d) for d in docs]
     return JSONResponse({"data": data}, headers=hits_header(docs))
