@@ -5,9 +5,10 @@ animated GIF, WebP and APNG with Pillow, which reads all three (FFmpeg has no an
 are RGB `PIL.Image`s exactly as decoded: what the detectors see is never re-encoded lossily (the served model
 sends them to the image ensemble as PNG). `VideoRejected` carries a stable reason, like `ImageRejected`.
 
-Decoding runs in the Triton stub (`genguard_video`), never in the gateway. Limits are checked from the
-container's header before any frame is decoded (bytes, duration, frame size) and again while decoding (frames
-decoded, wall time); a single packet's decode is not interruptible, and its cost is bounded by the frame size.
+Decoding runs in a child process of the Triton stub (`genguard_video`; genguard.triton_models.video_decode),
+never in the gateway. Limits are checked from the container's header before any frame is decoded (bytes,
+duration, frame size) and again while decoding (frames decoded, wall time); the child's address space is
+capped (RLIMIT_AS) and it is killed at the wall-time limit, which also bounds a single packet's decode.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class VideoLimits:
     max_decoded_frames: int = 200_000      # frames decoded, sampled or not: a frame-count bomb stops here
     max_sampled_frames: int = 1200         # frames sent to the detectors, whatever the request asks
     decode_timeout_s: float = 300.0        # wall time for decoding and sampling one clip
+    max_memory_mb: int = 4096              # address space of the process that decodes one clip (RLIMIT_AS)
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,9 @@ def _open_container(data: bytes, kind: str | None, limits: VideoLimits,
             raise VideoRejected("no_video_stream", "the file has no video stream (audio-only or data only)")
         stream = container.streams.video[0]
         ctx = stream.codec_context
+        if ctx is None or ctx.codec is None:  # FFmpeg has no decoder for it
+            raise VideoRejected("unsupported_codec", "the video stream's codec has no decoder here: "
+                                                     "send H.264, H.265, VP8, VP9, AV1 or MPEG-4")
         _check_frame_size(ctx.width, ctx.height, limits)
         duration = container.duration / av.time_base if container.duration else (
             float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None)

@@ -116,6 +116,7 @@ def checkpoint_path(build: Path, name: str) -> Path:
 
 
 TEST_MAX_BYTES = 4 << 20
+TEST_MAX_DECODED_FRAMES = 2000  # genguard_video's frame limit on the test server: a frame-count bomb stays small
 
 
 @dataclass
@@ -173,11 +174,14 @@ def triton(tiny_build, tmp_path_factory, c2pa_cas) -> RunningServer:
     from genguard import server
 
     from genguard.preprocess import DecodeLimits
+    from genguard.export.repository.video import VideoOptions
     from genguard.provenance import ProvenanceConfig
+    from genguard.video import VideoLimits
 
     # A small byte limit keeps the "oversized image" tests' traffic small; the mechanism is the same.
     running = start_server(tiny_build, tmp_path_factory.mktemp("triton"), limits=DecodeLimits(max_bytes=TEST_MAX_BYTES),
-                           provenance=ProvenanceConfig(trust_anchors=c2pa_cas[0].pem))
+                           provenance=ProvenanceConfig(trust_anchors=c2pa_cas[0].pem),
+                           video=VideoOptions(limits=VideoLimits(max_decoded_frames=TEST_MAX_DECODED_FRAMES)))
     yield running
     server.stop_pid(running.process.pid)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import video_fixtures as vf
-from conftest import checkpoint_path
+from conftest import TEST_MAX_DECODED_FRAMES, checkpoint_path
 from genguard import clips, protocol, specs, video
 from genguard.client import Client
 from genguard.export import samples
@@ -56,6 +56,9 @@ HOSTILE = {
     "truncated": (lambda: vf.clip([A, B])[:3000], "unreadable"),
     "audio only": (vf.audio_only, "no_video_stream"),
     "corrupt packets mid-stream": (lambda: vf.corrupt_middle(vf.clip([A, B] * 4)), "corrupt"),
+    "unsupported codec": (vf.unknown_codec, "unsupported_codec"),
+    "absurd dimensions": (vf.absurd_dimensions, "too_many_pixels"),
+    "frame-count bomb": (lambda: vf.frame_bomb(TEST_MAX_DECODED_FRAMES + 500), "too_many_frames"),
 }
 
 
@@ -63,8 +66,28 @@ HOSTILE = {
 def test_hostile_clips_are_refused_with_their_reason(name):
     make, reason = HOSTILE[name]
     with pytest.raises(video.VideoRejected) as caught:
-        video.decode(make())
+        video.decode(make(), video.VideoLimits(max_decoded_frames=TEST_MAX_DECODED_FRAMES))  # as the test server
     assert caught.value.reason == reason, str(caught.value)
+
+
+def test_the_bounded_child_sends_what_decode_samples_and_fails_within_its_limits():
+    """genguard_video decodes in a child process (genguard.triton_models.video_decode): the same sampled frames,
+    as the PNGs genguard.video.png makes of them; a clip refused inside it keeps its reason; a child that runs
+    out of its address space fails its clip as decode_memory."""
+    from genguard.triton_models import video_decode
+
+    data = vf.clip([A, B, A])
+    clip, frames = video_decode.open_bounded(data)
+    sent = list(frames)
+    reference = video.decode(data)
+    assert [f.t for f, _ in sent] == [f.t for f in reference.frames] and clip.frames_decoded == 12
+    assert [png for _, png in sent] == [video.png(f.image) for f in reference.frames]
+    with pytest.raises(video.VideoRejected) as caught:
+        list(video_decode.open_bounded(vf.audio_only())[1])
+    assert caught.value.reason == "no_video_stream"
+    with pytest.raises(video.VideoRejected) as caught:
+        list(video_decode.open_bounded(data, video.VideoLimits(max_memory_mb=100))[1])
+    assert caught.value.reason == "decode_memory", str(caught.value)
 
 
 def test_limits_refuse_before_or_while_decoding():
@@ -134,6 +157,7 @@ def _reference_probs(tiny_build, images) -> dict[str, list[np.ndarray]]:
 
 
 @pytest.mark.server
+@pytest.mark.slow  # ~18 s on 2 cores: loads every detector's reference pipeline in process
 def test_served_frames_equal_the_reference_on_the_same_decoded_frames(client, tiny_build):
     """Frame parity: per sampled frame, every detector head's served probabilities vs the card's reference
     pipeline on the frame genguard.video decodes in process (the server sends it losslessly)."""
@@ -153,6 +177,7 @@ def test_served_frames_equal_the_reference_on_the_same_decoded_frames(client, ti
 
 
 @pytest.mark.server
+@pytest.mark.slow  # ~28 s on 2 cores: ten clips, each with its middle frame asked again as an image
 def test_every_codec_and_animated_format_through_the_server_with_a_source_switch(client):
     """Each clip shows A, then B, then A (one second each): the timeline switches where the content does, and
     the image ensemble answers B's decoded frame as the timeline does."""

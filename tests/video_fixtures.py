@@ -97,3 +97,51 @@ def corrupt_middle(data: bytes) -> bytes:
     mid = len(body) // 2
     body[mid:mid + 2048] = bytes(range(256)) * 8
     return bytes(body)
+
+
+def _matroska(codec: str, size=(300, 260), frames: int = 4, fps: int = 4) -> bytes:
+    out = io.BytesIO()
+    with av.open(out, mode="w", format="matroska") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_image(Image.new("RGB", size, (i * 50 % 256, 90, 160))).reformat(format="yuv420p")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return out.getvalue()
+
+
+def unknown_codec() -> bytes:
+    """A Matroska file whose video track's codec id no FFmpeg knows (FFV1's, renamed)."""
+    data = _matroska("ffv1")
+    assert data.count(b"V_FFV1") == 1
+    return data.replace(b"V_FFV1", b"V_GGV1")
+
+
+def absurd_dimensions() -> bytes:
+    """A Matroska FFV1 track whose header claims 16000 x 16000 pixels per frame (its PixelWidth/PixelHeight
+    elements rewritten in place: 300 x 260 are two-byte values, as 16000 is; FFmpeg itself refuses sizes past
+    about 16 000 x 16 000, and reports 0 x 0 for them)."""
+    data = _matroska("ffv1")
+    width, height = b"\xb0\x82\x01\x2c", b"\xba\x82\x01\x04"
+    assert data.count(width) == 1 and data.count(height) == 1
+    return data.replace(width, b"\xb0\x82\x3e\x80").replace(height, b"\xba\x82\x3e\x80")
+
+
+def frame_bomb(frames: int = 3000) -> bytes:
+    """Many tiny identical frames (1000 fps, 16 x 16): tens of kilobytes that decode to `frames` frames."""
+    out = io.BytesIO()
+    with av.open(out, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=1000)
+        stream.width = stream.height = 16
+        stream.pix_fmt, stream.options = "yuv420p", {"preset": "ultrafast"}
+        frame = av.VideoFrame.from_image(Image.new("RGB", (16, 16)))
+        for i in range(frames):
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return out.getvalue()

@@ -1,6 +1,7 @@
 """`genguard_video` (python backend, BLS): one clip per request -> the clip's answer (RESULT, STATUS).
 
-Decodes and samples with genguard.video, sends the sampled frames to the `genguard` ensemble as lossless PNG in
+Decodes and samples with genguard.video in a child process bounded in memory and time
+(genguard.triton_models.video_decode), sends the sampled frames to the `genguard` ensemble as lossless PNG in
 batches of at most `frame_batch` (so fusion, verdicts and NSFW levels are the image pipeline's own, on every
 target), and combines the frames' answers with genguard.clips. Only one batch of frames is held at a time.
 A clip that can't be answered is a FAILURE with its reason; it never fails another request.
@@ -14,6 +15,7 @@ import triton_python_backend_utils as pb_utils
 from genguard import clips, protocol, video
 from genguard.provenance import ProvenanceConfig
 from genguard.provenance.manifest import ManifestReader
+from genguard.triton_models import video_decode
 from genguard.triton_models.common import model_config, parameters
 
 MIME = {"mp4": "video/mp4", "mov": "video/quicktime"}
@@ -54,14 +56,17 @@ class TritonPythonModel:
             sampling = video.parse_options(options, self.sampling)
         except (ValueError, TypeError) as exc:
             raise video.VideoRejected("invalid_options", str(exc)) from None
-        clip, frames = video.open_clip(data, self.limits, sampling)
+        clip, frames = video_decode.open_bounded(data, self.limits, sampling)  # a child process, bounded
         kept, docs, batch = [], [], []
-        for frame in frames:
-            batch.append(video.png(frame.image))
-            kept.append(video.Frame(frame.t, None, frame.keyframe))
-            if len(batch) == self.frame_batch:
-                docs += self._frames(batch)
-                batch = []
+        try:
+            for frame, png in frames:
+                batch.append(png)
+                kept.append(frame)
+                if len(batch) == self.frame_batch:
+                    docs += self._frames(batch)
+                    batch = []
+        finally:
+            frames.close()  # the child ends even when the ensemble fails mid-way
         if batch:
             docs += self._frames(batch)
         clip.frames = kept

@@ -297,7 +297,16 @@ function visibleItems() {
   return items;
 }
 
+// A clip (answered by genguard_video, or a video file the browser plays) shows as a <video>: its first frame
+// is the poster. Animated GIF/WebP/PNG are clips to the server but images to the browser.
+function isVideo(item) { return Boolean(item.doc && item.doc.kind === "video") || (item.type || "").startsWith("video/"); }
+
 function thumb(item, big) {
+  if ((item.type || "").startsWith("video/")) {
+    const video = el("video", {class: (big ? "large" : "thumb") + (blurred(item) ? " blurred" : ""), src: item.url,
+      preload: "metadata", muted: true, playsInline: true, controls: Boolean(big), "aria-label": item.name});
+    return video;
+  }
   const img = el("img", {class: big ? "large" : "thumb", alt: item.name, src: item.url});
   img.addEventListener("error", () => img.classList.add("broken"), {once: true});
   if (blurred(item)) img.classList.add("blurred");
@@ -326,7 +335,7 @@ function render() {
     const tr = el("tr", {tabindex: 0, "data-id": String(item.id), "data-name": item.name,
         class: [item.id === state.selected ? "selected" : "", isBlurred ? "is-blurred" : ""].join(" ").trim()},
       el("td", {}, thumbButton),
-      el("td", {class: "name", text: item.name}),
+      el("td", {class: "name"}, item.name, timelineStrip(item)),
       el("td", {class: "verdict " + ((d && d.verdict) || ""), text: (d && d.verdict) || "—"}),
       el("td", {class: "p"}, d ? num(d.is_ai_generated) : "—"),
       el("td", {class: "source", text: (d && d.source) || "—"}),
@@ -353,6 +362,22 @@ function render() {
     b.classList.toggle("sorted", on);
   }
   renderDetail();
+}
+
+// A clip's timeline strip: one bar per sampled frame, its height P(AI), its colour the frame's NSFW level;
+// clicking a bar shows that frame in the detail view.
+function timelineStrip(item) {
+  const line = item.doc && item.doc.kind === "video" && item.doc.timeline;
+  if (!line || !line.length) return null;
+  return el("span", {class: "strip", "data-frames": String(line.length)}, line.map((entry, i) => {
+    const bar = el("button", {type: "button", class: "frame nsfw-" + (entry.nsfw_level || "none")
+        + (item.frame === i ? " current" : ""), "data-action": "frame", "data-frame": String(i),
+      title: `${entry.t.toFixed(2)} s: P(AI) ${typeof entry.is_ai_generated === "number" ? entry.is_ai_generated.toFixed(4) : "—"}`
+        + `, ${entry.source || "—"}, NSFW ${entry.nsfw_level || "—"}`,
+      "aria-label": `frame at ${entry.t.toFixed(2)} s`});
+    bar.style.setProperty("--p", String(typeof entry.is_ai_generated === "number" ? entry.is_ai_generated : 0));
+    return bar;
+  }));
 }
 
 // ---- the detail view ------------------------------------------------------------------------------
@@ -383,9 +408,18 @@ function renderDetail() {
   const d = item.doc;
   $("d-name").textContent = item.name;
   const img = $("d-image");
-  img.src = item.url;
-  img.alt = item.name;
-  img.className = "large" + (blurred(item) ? " blurred" : "");
+  const poster = $("d-video");
+  const playable = (item.type || "").startsWith("video/");
+  img.hidden = playable;
+  poster.hidden = !playable;
+  if (playable) {
+    if (poster.dataset.id !== String(item.id)) { poster.src = item.url; poster.dataset.id = String(item.id); }
+    poster.className = "large" + (blurred(item) ? " blurred" : "");
+  } else {
+    img.src = item.url;
+    img.alt = item.name;
+    img.className = "large" + (blurred(item) ? " blurred" : "");
+  }
   $("d-image-button").setAttribute("aria-label", blurred(item) ? "Reveal the image (blurred: NSFW)" : "The image");
   for (const b of $("d-labels").querySelectorAll("button")) b.setAttribute("aria-pressed", String(b.dataset.label === item.label));
 
@@ -411,6 +445,7 @@ function renderDetail() {
     if (d && d.provenance) body.append(provenance(d.provenance));
     return;
   }
+  if (d.kind === "video") body.append(...clipDetail(item, poster));
   const f = d.fusion || {};
   body.append(el("section", {class: "verdict-block", "data-block": "verdict"},
     el("p", {class: "big verdict " + (d.verdict || "")}, d.verdict || "—"),
@@ -436,12 +471,42 @@ function renderDetail() {
   }
   body.append(det);
   const image = d.image || {};
-  body.append(el("h3", {text: "Image"}), facts([...fileFacts, ["format", image.format], ["width", image.width],
-    ["height", image.height]], "image"));
+  if (d.kind !== "video") {
+    body.append(el("h3", {text: "Image"}), facts([...fileFacts, ["format", image.format], ["width", image.width],
+      ["height", image.height]], "image"));
+  }
   if (d.provenance) body.append(provenance(d.provenance));
   body.append(el("h3", {text: "Weights"}), facts(Object.entries(d.weights || {}).map(([k, w]) =>
     [k, w + ((d.revisions || {})[k] ? ` @ ${d.revisions[k]}` : "")]), "weights"));
   explanations(item, d.explanations);
+}
+
+// A clip's own blocks: its container facts, its timeline strip, and the chosen frame's answer (the first by
+// default; clicking a bar of either strip chooses another and seeks the player there).
+function clipDetail(item, poster) {
+  const d = item.doc, v = d.video || {}, line = d.timeline || [];
+  const i = Math.min(item.frame || 0, Math.max(0, line.length - 1));
+  const entry = line[i];
+  if (entry && !poster.hidden && Math.abs((poster.currentTime || 0) - entry.t) > 0.01) {
+    try { poster.currentTime = entry.t; } catch (e) { /* not seekable yet: stays on the poster */ }
+  }
+  const blocks = [el("h3", {text: "Video"}), facts([["file", item.name], ["bytes", item.size], ["container", v.container],
+    ["codec", v.codec], ["width", v.width], ["height", v.height], ["duration_s", v.duration_s], ["fps", v.fps],
+    ["frames_decoded", v.frames_decoded], ["frames_sampled", v.frames_sampled],
+    ["NSFW peak at", d.nsfw && d.nsfw.timestamps ? d.nsfw.timestamps.map((t) => `${t} s`).join(", ") : null]], "video")];
+  const strip = timelineStrip(item);
+  if (strip) blocks.push(el("div", {class: "strip-large", "data-block": "timeline"}, strip));
+  if (!entry) return blocks;
+  const frame = el("section", {"data-block": "frame", "data-frame": String(i)},
+    el("h3", {text: `Frame at ${entry.t} s (${i + 1} of ${line.length})`}),
+    facts([["t", entry.t], ["status", entry.status], ["P(AI-generated)", num(entry.is_ai_generated)],
+      ["verdict", entry.verdict || "—"], ["source", entry.source || "—"], ["NSFW level", entry.nsfw_level || "—"]],
+    "frame-facts"));
+  for (const [name, heads] of Object.entries(entry.detectors || {})) {
+    for (const [head, probs] of Object.entries(heads)) frame.append(bars(`${name} · ${head}`, probs, `frame-${name}-${head}`));
+  }
+  blocks.push(frame);
+  return blocks;
 }
 
 // Explanations: the served map (native grid, [0, 1]) upsampled like cv2 INTER_LINEAR onto the region the model
@@ -708,7 +773,16 @@ function init() {
     if (!row) return;
     const item = state.items.find((i) => i.id === Number(row.dataset.id));
     if (e.target.closest("[data-action=reveal]") && blurred(item)) reveal(item);
+    const bar = e.target.closest("[data-action=frame]");
+    if (bar) item.frame = Number(bar.dataset.frame);
     select(item.id, false);
+  });
+  $("d-body").addEventListener("click", (e) => {  // the detail view's strip: another frame of the same clip
+    const bar = e.target.closest("[data-action=frame]");
+    const item = state.items.find((i) => i.id === state.selected);
+    if (!bar || !item) return;
+    item.frame = Number(bar.dataset.frame);
+    render();
   });
   $("rows").addEventListener("keydown", (e) => {
     const row = e.target.closest("tr[data-id]");
