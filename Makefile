@@ -51,6 +51,9 @@ setup:
 		|| echo "chromium not installed (needs apt): apt-get install chromium"
 	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; } \
 		|| echo "redis-server not installed (needs apt): apt-get install redis-server"
+	@# PostgreSQL's server binaries for the jobs tests' PostgreSQL store (tests/test_jobs.py starts its own server)
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; } \
+		|| echo "postgresql not installed (needs apt): apt-get install postgresql"
 	@echo "venv ready: $(VENV)"
 
 # Two tiers (docs/development.md, "Tests"): `make test` is the fast tier (minutes; still one real tritonserver + gateway);

@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     from genguard.calibration.cli import add_parsers as calibration_parsers  # evaluate, calibrate
 
     calibration_parsers(sub, connection, EXIT_CODES)
+    from genguard.jobs.cli import add_parsers as jobs_parsers  # jobs submit|status|wait|list|cancel|migrate, worker
+
+    jobs_parsers(sub, connection, EXIT_CODES)
     return parser
 
 
@@ -380,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         from genguard.gateway.__main__ import run as run_gateway
 
         return run_gateway(args)
+    if args.command == "worker" or args.command == "jobs" and args.jobs_command == "migrate":
+        from genguard.jobs import cli as jobs_cli
+
+        return jobs_cli.run_worker(args) if args.command == "worker" else jobs_cli.migrate(args)
     if args.timeout <= 0 or args.retries < 0:
         parser.error("--timeout must be > 0 and --retries >= 0")
     _resolve_protocol(args, parser)
@@ -390,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
             return getattr(calibration_cli, args.command)(args, _client)
         if args.command == "explain":
             return explain(args, parser)
+        if args.command == "jobs":
+            from genguard.jobs.cli import run_client
+
+            return run_client(args, _client, write_results)
         return detect(args, parser) if args.command == "detect" else health(args)
     except Unauthorized as exc:
         print(f"genguard: {exc}", file=sys.stderr)

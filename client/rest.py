@@ -6,6 +6,7 @@ per request, `concurrency` requests in flight; every answer is a Result built fr
     from genguard.client.rest import RestClient
     with RestClient("https://genguard.example.com", api_key="...") as client:
         results = client.detect(["photo.jpg", "shots/"])
+        job = client.wait(client.submit(["videos/"]))   # async jobs (client/jobs.py, docs/jobs.md)
 
 Retried with backoff: connection errors, 429 and 503 (waiting Retry-After when the gateway gives one,
 capped by the backoff ceiling); then ServerUnavailable. A request the gateway refused (413, 422 ...)
@@ -23,6 +24,7 @@ from typing import Any, Callable
 from .base import WINDOW_BATCHES, Health
 from .errors import GenGuardError, RequestTimeout, ServerUnavailable
 from .inputs import Loaded, collect, load, split, windows
+from .jobs import JobsMixin
 from .results import Result
 from .transport import RetryEvent, RetryPolicy
 
@@ -49,7 +51,7 @@ def read_key_file(path: str) -> str:
     raise ValueError(f"no API key in {path}")
 
 
-class RestClient:
+class RestClient(JobsMixin):
     """url: the gateway's base URL (http:// or https://). api_key: sent as `Authorization: Bearer`.
     verify: True (system CAs), a CA bundle path, or False (no verification: tests only).
     Other arguments as Client."""

@@ -19,6 +19,12 @@ if [[ "${1:-}" == "gateway" ]]; then
     shift
     exec python3 -m genguard.gateway --host 0.0.0.0 "$@"
 fi
+# `worker`: job workers (genguard worker) for the gateway's async jobs, settings from GENGUARD_GATEWAY_*
+# (JOBS_DB, JOBS_SPOOL, TRITON_URL ...; docs/jobs.md).
+if [[ "${1:-}" == "worker" ]]; then
+    shift
+    exec python3 -m genguard.jobs worker "$@"
+fi
 if [[ $# -gt 0 && "$1" != "serve" ]]; then
     exec "$@"
 fi

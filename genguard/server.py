@@ -194,6 +194,8 @@ def start_gateway(build: Path, ports: Ports, port: int = GATEWAY_PORT, timeout: 
     url = f"http://{HOST}:{port}"
     command = [sys.executable, "-m", "genguard.gateway", "--host", HOST, "--port", str(port),
                "--triton-url", f"{HOST}:{ports.grpc}"]
+    if not os.environ.get("GENGUARD_GATEWAY_STATE_DIR"):  # the jobs store and spool live with the build
+        command += ["--state-dir", str(build / "jobs")]
     with open(log_file, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     pidfile.write_text(f"{process.pid}\n")

@@ -607,3 +607,53 @@ def test_only_production_autoscales_and_scrapes(rendered):
     assert production["rollingUpdate"]["maxUnavailable"] == 0
     image = server_container(rendered["production"])["image"]
     assert not image.endswith(":latest") and ":" in image
+
+
+def test_jobs_postgres_component(kubectl, tmp_path):
+    """components/jobs-postgres: the gateways take the job store's URL from the Secret `genguard-jobs-db`, run no
+    workers, and share a ReadWriteMany spool with the `genguard-worker` Deployment (the image's `worker` command,
+    hardened like the server, reaching Triton on the `genguard` Service's gRPC port)."""
+    from genguard.gateway.settings import ENV_PREFIX, Settings
+
+    overlay = tmp_path / "jobs"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(DEPLOY / "overlays" / "production", overlay)],
+        "components": [os.path.relpath(DEPLOY / "components" / "jobs-postgres", overlay)],
+        # the image tag as production sets it (an overlay's images apply to what it includes)
+        "images": yaml.safe_load((DEPLOY / "overlays" / "production" / "kustomization.yaml").read_text())["images"]}))
+    proc = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    objects = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+    for obj in objects:
+        if obj["kind"] in ("ServiceMonitor", "PrometheusRule"):
+            continue
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == "genguard"
+    settings = {f.upper() for f in Settings.__dataclass_fields__}
+    secret_ref = {"secretKeyRef": {"name": "genguard-jobs-db", "key": "url"}}
+    [gateway] = [c for c in pod_spec(objects)["containers"] if c["name"] == GATEWAY]
+    worker_pod = one(objects, "Deployment", "genguard-worker")["spec"]["template"]
+    [worker] = worker_pod["spec"]["containers"]
+    assert worker["args"] == ["worker"] and worker["image"] == gateway["image"]
+    for container in (gateway, worker):
+        env = env_of(container)
+        assert {name[len(ENV_PREFIX):] for name in env if name.startswith(ENV_PREFIX)} <= settings
+        assert env[ENV_PREFIX + "JOBS_DB"]["valueFrom"] == secret_ref
+        assert env[ENV_PREFIX + "JOBS_SPOOL"]["value"] == "/spool"
+        assert any(m["mountPath"] == "/spool" for m in container["volumeMounts"])
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert env_of(gateway)[ENV_PREFIX + "JOBS_WORKERS"]["value"] == "0"
+    host, port = env_of(worker)[ENV_PREFIX + "TRITON_URL"]["value"].split(":")
+    service = one(objects, "Service", host)
+    assert int(port) == server.GRPC_PORT and "grpc" in {p["name"] for p in service["spec"]["ports"]}
+    assert worker_pod["metadata"]["labels"]["genguard.io/client"] == "true"  # allowed by the server's policy
+    spool = one(objects, "PersistentVolumeClaim", "genguard-jobs-spool")
+    assert spool["spec"]["accessModes"] == ["ReadWriteMany"]
+    for spec in (pod_spec(objects), worker_pod["spec"]):
+        [volume] = [v for v in spec["volumes"] if v["name"] == "jobs-spool"]
+        assert volume["persistentVolumeClaim"]["claimName"] == "genguard-jobs-spool"
+    assert 'exec python3 -m genguard.jobs worker' in (ROOT / "docker" / "entrypoint.sh").read_text()

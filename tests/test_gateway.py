@@ -107,6 +107,8 @@ def start_gateway(triton_url: str, workdir: Path, *args: str, keys: list[str] | 
     port = free_ports(1)[0]
     command = [sys.executable, "-m", "genguard.gateway", "--triton-url", triton_url, "--port", str(port),
                "--log-level", "warning", *args]
+    if "--state-dir" not in args:  # each gateway its own jobs store and spool
+        command += ["--state-dir", str(workdir / f"state-{port}")]
     if keys is not None:
         keys_file = workdir / f"keys-{port}"
         keys_file.write_text("# GenGuard API keys\n" + "\n".join(keys) + "\n")

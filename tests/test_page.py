@@ -80,7 +80,7 @@ def test_page_and_static_files_are_served_with_csp_without_a_key(keyed):
     assert directives["connect-src"] == "'self'" and directives["frame-ancestors"] == "'none'"
     assert "unsafe-inline" not in csp and "unsafe-eval" not in csp and "http" not in csp
     html = page.text
-    assert html.count("<script") == html.count('<script src="/static/') == 1  # no inline script
+    assert html.count("<script") == html.count('<script src="/static/') == 2  # app.js, jobs.js; no inline script
     assert not re.search(r"\son[a-z]+\s*=", html)  # no inline event handlers either
     for name, kind in (("app.js", "text/javascript"), ("app.css", "text/css"), ("favicon.svg", "image/svg+xml")):
         r = requests.get(f"{keyed.url}/static/{name}", timeout=10)

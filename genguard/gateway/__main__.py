@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from genguard.jobs.options import JOBS_SETTINGS
+
 from .settings import ENV_PREFIX, Settings, SettingsError
 
 
@@ -38,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video-max-duration-s", type=float, default=None,
                         help=f"a clip's duration on POST /v1/detect (default {d.video_max_duration_s:g}; longer: "
                              "POST /v1/jobs)")
+    from genguard.jobs.options import add_arguments as jobs_arguments
+
+    jobs_arguments(parser)
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
@@ -48,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     names = ("triton_url", "host", "port", "api_keys_file", "max_body_bytes", "max_images", "deadline_s",
              "max_concurrency", "max_queue", "retry_after_s", "triton_retries", "public_metrics", "cache", "cache_max_bytes",
-             "video_max_bytes", "video_max_duration_s")
+             "video_max_bytes", "video_max_duration_s", *JOBS_SETTINGS)
     try:
         settings = Settings.from_env(**{n: getattr(args, n) for n in names})
         app = create_app(settings)

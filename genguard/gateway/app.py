@@ -16,7 +16,7 @@ from .errors import (ApiError, api_error_handler, disconnect_handler, http_error
                      validation_error_handler)
 from .limits import ApiKeys, BodyLimit, Limiter
 from .metrics import Metrics, MetricsMiddleware
-from .routers import detect, health, hive, models, page
+from .routers import detect, health, hive, jobs, models, page
 from .settings import Settings, SettingsError, read_keys
 from .state import GatewayState
 
@@ -27,6 +27,7 @@ DESCRIPTION = """AI-generated image detection (and NSFW levels) from GenGuard's 
 - `POST /v1/cv/hive/ai-generated-image-detection`: Hive's NIM request and response (`?extended=true`: GenGuard's
   full documents).
 - `POST /v1/detect`: multipart upload (`file` fields) or the same JSON; GenGuard's documents with names.
+- `POST /v1/jobs`: the same inputs, answered later (202 with the job's URL; optional signed webhook).
 - Authentication: `Authorization: Bearer <key>` (off only on a loopback-bound gateway without a keys file).
 - Every error is `{"error": {"code", "message"}}`; a bad image is that image's `FAILURE`, never the request's.
 """
@@ -52,9 +53,22 @@ def create_app(settings: Settings | None = None, keys: list[str] | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        import asyncio
+
+        from genguard.jobs.worker import Jobs, Workers
+
         log.info("GenGuard gateway -> Triton gRPC %s; API keys %s; answer cache %s", settings.triton_url,
                  f"on ({len(keys)})" if keys else "OFF (loopback only)", settings.cache.split("@")[-1])
+        state.jobs = Jobs(settings)
+        await asyncio.to_thread(state.jobs.migrate)
+        workers = Workers(state.jobs, lambda images, explain, labels, video: state.answer(
+            jobs.PATH, images, explain=explain, explain_labels=labels, video_options=video, synchronous=False),
+            settings.jobs_workers)
+        if settings.jobs_workers:
+            workers.start()
         yield
+        await workers.stop()  # SIGTERM: the batches in flight are written, unfinished jobs go back to the queue
+        state.jobs.close()
         await engine.close()
         if cache is not None:
             await cache.close()
@@ -68,10 +82,10 @@ def create_app(settings: Settings | None = None, keys: list[str] | None = None) 
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(ClientDisconnect, disconnect_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
-    for module in (hive, detect, models, health, page):  # page: the reviewer page at / (no key to load it)
+    for module in (hive, detect, jobs, models, health, page):  # page: the reviewer page at / (no key to load it)
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    paths = frozenset(r.path for m in (hive, detect, models, health) for r in m.router.routes if "{" not in r.path)
+    paths = frozenset(r.path for m in (hive, detect, jobs, models, health) for r in m.router.routes if "{" not in r.path)
     app.add_middleware(MetricsMiddleware, metrics=metrics, paths=paths)  # outermost: sees every answer, 413s included
     return app
 

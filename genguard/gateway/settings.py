@@ -40,6 +40,18 @@ class Settings:
     cache_identity_s: float = 1.0         # how often the served models/fusion are re-read for the cache key
     video_max_bytes: int = 32 << 20       # a clip on POST /v1/detect (larger: the jobs API, POST /v1/jobs)
     video_max_duration_s: float = 60.0    # a clip's duration on POST /v1/detect (longer: POST /v1/jobs)
+    # async jobs (genguard/jobs, docs/jobs.md)
+    state_dir: str = str(Path.home() / ".local" / "state" / "genguard")  # the SQLite jobs store and the spool
+    jobs_db: str = ""                     # SQLAlchemy URL (postgresql://...); default: SQLite in state_dir
+    jobs_spool: str = ""                  # uploaded bytes: a folder or an fsspec URL; default: state_dir/spool
+    jobs_workers: int = 2                 # job workers in the gateway process (0: only `genguard worker` runs jobs)
+    jobs_batch: int = 8                   # items a worker sends to Triton at once (results are written per item)
+    jobs_lease_s: float = 30.0            # a running job whose worker stops renewing this goes back to the queue
+    jobs_max_claims: int = 5              # a job claimed this often without finishing fails
+    jobs_retention_s: float = 7 * 86400.0  # finished jobs, their results and bytes are deleted after this
+    jobs_callback_hosts: str = ""         # allowed callback hosts: names, *.suffix, IPs or CIDRs (comma-separated)
+    jobs_webhook_attempts: int = 8        # webhook deliveries tried before the job's webhook is `failed`
+    jobs_webhook_backoff_s: float = 5.0   # first retry delay; doubled per attempt (capped at one hour)
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1 or self.max_images < 1 or self.max_concurrency < 1 or self.max_queue < 0:
@@ -52,6 +64,18 @@ class Settings:
             raise SettingsError(f"cache={self.cache!r}: expected off, memory or a redis:// URL")
         if self.cache_max_entries < 1 or self.cache_max_bytes < 1 or self.cache_ttl_s < 1 or self.cache_identity_s < 0:
             raise SettingsError("cache_max_entries, cache_max_bytes, cache_ttl_s must be >= 1, cache_identity_s >= 0")
+        if self.jobs_workers < 0 or self.jobs_batch < 1 or self.jobs_lease_s <= 0 or self.jobs_max_claims < 1 \
+                or self.jobs_webhook_attempts < 1 or self.jobs_webhook_backoff_s < 0 or self.jobs_retention_s <= 0:
+            raise SettingsError("jobs_workers must be >= 0; jobs_batch, jobs_max_claims, jobs_webhook_attempts >= 1; "
+                                "jobs_lease_s, jobs_retention_s > 0; jobs_webhook_backoff_s >= 0")
+
+    @property
+    def jobs_db_url(self) -> str:
+        return self.jobs_db or f"sqlite:///{Path(self.state_dir) / 'jobs.sqlite'}"
+
+    @property
+    def jobs_spool_url(self) -> str:
+        return self.jobs_spool or str(Path(self.state_dir) / "spool")
 
     @property
     def loopback(self) -> bool:

@@ -20,18 +20,21 @@ class GatewayState:
     engine: Engine
     metrics: Metrics
     cache: AnswerCache | None = None
+    jobs: object | None = None  # genguard.jobs.worker.Jobs: the store and spool of /v1/jobs
 
     async def answer(self, route: str, images: list[bytes], explain: bool = False,
-                     explain_labels: dict | None = None, video_options: dict | None = None) -> list[dict]:
+                     explain_labels: dict | None = None, video_options: dict | None = None,
+                     synchronous: bool = True) -> list[dict]:
         """Forward the images and clips (the answer cache first); one document per input (index = position),
-        counted. Clips over the synchronous byte limit fail alone here; video_options (videos.options) carries
-        the duration limit that genguard_video applies."""
+        counted. Clips over the synchronous byte limit fail alone here (synchronous=False, the jobs API: no such
+        limit, and no pointer to the jobs API); video_options (videos.options) carries the duration limit that
+        genguard_video applies."""
         def forward(batch: list[bytes]):
             return self.engine.detect(batch, explain=explain, explain_labels=explain_labels,
                                       video_options=video_options)
 
-        refused = {i: doc for i, data in enumerate(images)
-                   if (doc := videos.refusal(i, data, self.settings.video_max_bytes)) is not None}
+        refused = {i: doc for i, data in enumerate(images) if synchronous
+                   and (doc := videos.refusal(i, data, self.settings.video_max_bytes)) is not None}
         sent = [data for i, data in enumerate(images) if i not in refused]
         if not sent:
             answered = []
@@ -41,7 +44,8 @@ class GatewayState:
             answered = await self.cache.detect(sent, forward, {"explain": explain, "labels": explain_labels,
                                                                "video": video_options})
         answered = iter(answered)
-        docs = [refused[i] if i in refused else {**videos.with_jobs_hint(next(answered)), "index": i}
+        hint = videos.with_jobs_hint if synchronous else (lambda doc: doc)
+        docs = [refused[i] if i in refused else {**hint(next(answered)), "index": i}
                 for i in range(len(images))]
         self.metrics.record_documents(route, docs)
         return docs

@@ -1,7 +1,7 @@
 """The reviewer page: GET / and its static files (genguard/gateway/static/), no API key needed to load them.
 
 The page is plain HTML, CSS and JavaScript (no build step, no third-party code) and calls this gateway's
-own keyed API (`GET /v1/models`, `POST /v1/detect`) with the key the reviewer types in. Every answer of
+own keyed API (`GET /v1/models`, `POST /v1/detect`, `GET /v1/jobs`) with the key the reviewer types in. Every answer of
 these routes carries a strict Content-Security-Policy: scripts and styles from this origin only (no
 inline script), requests to this origin only, images from this origin and the page's own blob: URLs
 (thumbnails of the files being reviewed), no frames, no forms posting elsewhere.
@@ -22,7 +22,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
            "X-Frame-Options": "DENY", "Cache-Control": "no-cache"}
 # The only files served (no path from the request reaches the file system).
-FILES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
+FILES = {"app.js": "text/javascript; charset=utf-8", "jobs.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
          "favicon.svg": "image/svg+xml"}
 
 router = APIRouter(include_in_schema=False)
