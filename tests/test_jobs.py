@@ -34,8 +34,8 @@ def receiver():
 
 @pytest.fixture(scope="module")
 def sqlite_gateway(triton, tmp_path_factory):
-    gw = start_gateway(triton.grpc_url, tmp_path_factory.mktemp("gw-jobs"), *FAST,
-                       "--jobs-callback-hosts", "127.0.0.1", keys=[KEY, OTHER_KEY])
+    gw = start_gateway(triton.grpc_url, tmp_path_factory.mktemp("gw-jobs"), *FAST, "--jobs-callback-hosts", "127.0.0.1",
+                       "--video-max-duration-s", "2.5", keys=[KEY, OTHER_KEY])  # a 4 s clip: over /v1/detect's
     yield gw
     gw.stop()
 
@@ -180,6 +180,30 @@ def test_list_paginates_and_cancel(sqlite_gateway):
     assert_error(requests.delete(f"{url}/v1/jobs/{ids[0]}", headers=auth(OTHER_KEY), timeout=10), 409, "job_finished")
     done = requests.get(url + "/v1/jobs", headers=auth(OTHER_KEY), params={"status": "succeeded"}, timeout=10)
     assert set(ids) <= {j["id"] for j in done.json()["data"]}
+
+
+@pytest.mark.slow  # ~20 s: a 4 s clip's frames through the detectors on a shared 2-CPU machine
+def test_a_clip_over_the_synchronous_limit_is_answered_as_a_job(sqlite_gateway, triton):
+    """The clip /v1/detect refuses for its length (naming POST /v1/jobs) is answered by a job, in order with an
+    image, with the sampling asked for, as Triton answers it directly."""
+    import video_fixtures as vf
+    from genguard.client import Client
+    from genguard.export import samples
+
+    photos = samples.photos()
+    clip = vf.clip([photos["rocket.jpg"], photos["coffee.png"]] * 2, seconds_each=1.0, fps=4)  # 4 s
+    files = [("file", ("a.png", images(1, 950)[0], "image/png")), ("file", ("long.mp4", clip, "video/mp4"))]
+    refused = requests.post(sqlite_gateway.url + "/v1/detect", headers=auth(), files=files, timeout=180).json()
+    assert refused["data"][1]["error"]["reason"] == "too_long" and "POST /v1/jobs" in refused["data"][1]["error"]["message"]
+    response = requests.post(sqlite_gateway.url + "/v1/jobs", headers=auth(), files=files, params={"fps": 2}, timeout=60)
+    assert response.status_code == 202, response.text
+    job = wait_job(sqlite_gateway.url, response.json()["id"], KEY)
+    image, video = job["data"]
+    assert (image["name"], image["status"], video["name"], video["kind"]) == ("a.png", "SUCCESS", "long.mp4", "video")
+    assert video["status"] == "SUCCESS" and [e["t"] for e in video["timeline"]] == [i / 2 for i in range(8)]
+    with Client(triton.grpc_url, timeout=180) as client:
+        direct = client.detect(clip, video_options={"fps": 2})[0]
+    assert video["is_ai_generated"] == pytest.approx(direct.is_ai_generated, abs=1e-6)
 
 
 @pytest.mark.browser
