@@ -5,6 +5,7 @@ restarted; a separate `genguard worker` shares the PostgreSQL queue."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -371,3 +372,41 @@ def test_postgres_sigkill_restart_and_separate_worker(own_triton, postgres, tmp_
         if worker.poll() is None:
             worker.kill()
         gw.stop()
+
+
+@pytest.mark.slow  # starts PostgreSQL, two gateways and two worker processes
+def test_jobs_benchmark_runs_both_stores(triton, tmp_path):
+    """`python -m genguard.benchmarks.jobs` end to end, minimal: both stores, the files (no timing asserted)."""
+    from genguard.benchmarks import jobs as bench
+
+    assert bench.main(["--grpc-url", triton.grpc_url, "--jobs", "3", "--samples", "1", "--out", str(tmp_path),
+                       "--tag", "smoke"]) == 0
+    saved = json.loads((tmp_path / "jobs-smoke.json").read_text())
+    assert [r["store"] for r in saved["rows"]] == ["sqlite", "postgresql"]
+    assert all(r["jobs"] == 3 and r["completed_jobs_per_s"] > 0 and r["job_p50_ms"] > 0 for r in saved["rows"])
+    assert "| store | workers |" in (tmp_path / "jobs-smoke.md").read_text()
+
+
+def test_retention_deletes_finished_jobs_with_their_results_and_bytes(tmp_path):
+    """The store and spool a gateway uses (SQLite, a folder): a finished job past the retention time is found,
+    and deleting it takes its results, deliveries and uploaded bytes; a queued one is kept."""
+    from genguard.jobs.spool import Spool
+    from genguard.jobs.store import SUCCEEDED, Store
+
+    store, spool = Store(f"sqlite:///{tmp_path / 'jobs.sqlite'}"), Spool(str(tmp_path / "spool"))
+    store.migrate()
+    done, kept = store.new_id(), store.new_id()
+    for job_id in (done, kept):
+        spool.put(job_id, [b"one", b"two"])
+        store.create(job_id, "owner", ["a", "b"], {}, None, None, None)
+    claim = store.claim("w", 30)
+    assert claim.id == done and store.record(done, "w", {0: {"index": 0}, 1: {"index": 1}})
+    assert store.finish(done, "w", SUCCEEDED)
+    assert store.expired(retention_s=3600) == []
+    time.sleep(0.05)
+    assert store.expired(retention_s=0.01) == [done]
+    spool.remove(done)
+    store.delete([done])
+    assert store.get(done) is None and store.get(kept)["status"] == "queued"
+    assert not (tmp_path / "spool" / done).exists() and spool.get(kept, 1) == b"two"
+    store.close()

@@ -6,6 +6,7 @@ Codes (HTTP status):
       url_not_supported, assets_not_supported, invalid_multipart
   429 queue_full      503 triton_unavailable, model_not_ready, not_ready      504 deadline_exceeded
   404 not_found       405 method_not_allowed  502 bad_gateway                 500 internal_error
+  jobs (/v1/jobs): 422 callback_refused, 404 job_not_found, 409 job_finished
 """
 
 from __future__ import annotations

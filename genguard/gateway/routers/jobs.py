@@ -102,6 +102,7 @@ async def submit(request: Request, explain: bool = Query(False, description="as 
     state, jobs = request.app.state.gateway, _jobs(request)
     clip_options = video_options(VideoLimits().max_duration_s, **clip)
     owner = owner_of(request)
+    idempotency_key = idempotency_key or None
     existing = await asyncio.to_thread(jobs.store.find_idempotent, owner, idempotency_key)
     if existing:
         return _accepted(await asyncio.to_thread(jobs.store.get, existing, owner, False), True)
