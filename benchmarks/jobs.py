@@ -146,7 +146,12 @@ def markdown(info: dict) -> str:
                      f"{r['completed_jobs_per_s']} | {r['detect_p50_ms']} | {r['job_p50_ms']} | "
                      f"{r['overhead_p50_ms']} | {r['job_vs_detect']} |")
     lines += ["", "Completed jobs/s is bounded by inference (the same Triton answers every store); submitted jobs/s "
-              "is the gateway and the store alone. The job's overhead includes the 20 ms polling step."]
+              "is the gateway and the store (a commit per job; the bytes written to the spool). Not the same "
+              "process layout: SQLite's gateway also runs its two workers, PostgreSQL's runs none (two "
+              "`genguard worker` processes do), and the throwaway PostgreSQL runs with fsync off (SQLite: WAL, "
+              "synchronous=NORMAL, no fsync per commit either). The job's overhead includes the polling step "
+              "(20 ms) and the worker's idle poll (up to 0.5 s for PostgreSQL's separate workers; the gateway's own "
+              "workers are woken at once)."]
     return "\n".join(lines) + "\n"
 
 
