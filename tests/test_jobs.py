@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -17,7 +18,7 @@ from standardwebhooks.webhooks import Webhook
 
 from conftest import free_ports, start_server
 from jobs_fixtures import Receiver, images, start_postgres, submit, wait_job
-from test_gateway import KEY, ROOT, assert_error, auth, direct, start_gateway
+from test_gateway import KEY, ROOT, assert_error, auth, direct, genguard_cli, start_gateway
 from test_page import browser  # noqa: F401  (the chromium fixture)
 
 pytestmark = [pytest.mark.server, pytest.mark.gateway]
@@ -205,6 +206,47 @@ def test_a_clip_over_the_synchronous_limit_is_answered_as_a_job(sqlite_gateway, 
     with Client(triton.grpc_url, timeout=180) as client:
         direct = client.detect(clip, video_options={"fps": 2})[0]
     assert video["is_ai_generated"] == pytest.approx(direct.is_ai_generated, abs=1e-6)
+
+
+def test_client_and_cli(sqlite_gateway, triton, tmp_path):
+    """RestClient.submit/wait/jobs/cancel and `genguard jobs submit|status|wait|list|cancel` on the same gateway."""
+    from genguard.client.jobs import JobError
+    from genguard.client.rest import RestClient
+
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for i, data in enumerate(images(2, 960)):
+        (folder / f"s{i}.png").write_bytes(data)
+    with RestClient(sqlite_gateway.url, api_key=KEY) as client:
+        job = client.submit([folder], metadata={"case": 9}, idempotency_key="cli-test")
+        assert client.submit([folder], idempotency_key="cli-test").id == job.id
+        done = client.wait(job, timeout=240, poll=0.1)
+        assert done.status == "succeeded" and done.metadata == {"case": 9}
+        assert [r.name for r in done.results] == [str(folder / "s0.png"), str(folder / "s1.png")]  # as detect names them
+        expected = direct(triton, [(folder / "s0.png").read_bytes(), (folder / "s1.png").read_bytes()])
+        assert [r.is_ai_generated for r in done.results] == pytest.approx([e.is_ai_generated for e in expected],
+                                                                          abs=1e-5)
+        assert job.id in {j.id for j in client.jobs(status="succeeded")}
+        with pytest.raises(JobError) as refused:
+            client.cancel(job)
+        assert refused.value.code == "job_finished"
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY + "\n")
+    cli = ("--url", sqlite_gateway.url, "--api-key-file", str(key_file))
+    submitted = genguard_cli("jobs", "submit", *cli, str(folder))
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    waited = genguard_cli("jobs", "wait", *cli, job_id, "--format", "jsonl")
+    assert waited.returncode == 0, waited.stderr
+    rows = [json.loads(line) for line in waited.stdout.splitlines()]
+    assert [Path(r["name"]).name for r in rows] == ["s0.png", "s1.png"]
+    assert [r["is_ai_generated"] for r in rows] == pytest.approx([r.is_ai_generated for r in done.results], abs=1e-6)
+    status = genguard_cli("jobs", "status", *cli, job_id)
+    assert status.returncode == 0 and status.stdout.split()[:3] == [job_id, "succeeded", "2/2"]
+    listed = genguard_cli("jobs", "list", *cli, "--status", "succeeded")
+    assert job_id in listed.stdout
+    cancelled = genguard_cli("jobs", "cancel", *cli, job_id)
+    assert cancelled.returncode != 0 and "already succeeded" in cancelled.stderr
 
 
 @pytest.mark.browser
