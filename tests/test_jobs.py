@@ -435,8 +435,10 @@ def test_retention_deletes_finished_jobs_with_their_results_and_bytes(tmp_path):
     from genguard.jobs.spool import Spool
     from genguard.jobs.store import SUCCEEDED, Store
 
+    migrated = genguard_cli("jobs", "migrate", "--state-dir", str(tmp_path))  # what the gateway does at startup
+    assert migrated.returncode == 0 and "revision 0001" in migrated.stdout, migrated.stderr
     store, spool = Store(f"sqlite:///{tmp_path / 'jobs.sqlite'}"), Spool(str(tmp_path / "spool"))
-    store.migrate()
+    store.migrate()  # again: a no-op
     done, kept = store.new_id(), store.new_id()
     for job_id in (done, kept):
         spool.put(job_id, [b"one", b"two"])
