@@ -17,8 +17,10 @@ from test_gateway import auth, png
 
 @dataclass
 class Receiver:
-    """Records every delivery (headers, body); answers 503 to the first `failures` of them."""
+    """Records every delivery (headers, body); answers 503 to the first `failures` of them (or, with `redirect`,
+    307 to that URL to every one)."""
     failures: int = 0
+    redirect: str | None = None
     deliveries: list = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
 
@@ -34,7 +36,9 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 receiver.deliveries.append((dict(self.headers), body))
                 failed = len(receiver.deliveries) <= receiver.failures
-                self.send_response(503 if failed else 204)
+                self.send_response(307 if receiver.redirect else 503 if failed else 204)
+                if receiver.redirect:
+                    self.send_header("Location", receiver.redirect)
                 self.end_headers()
 
             def log_message(self, *args):

@@ -24,7 +24,8 @@ from test_page import browser  # noqa: F401  (the chromium fixture)
 pytestmark = [pytest.mark.server, pytest.mark.gateway]
 
 OTHER_KEY = "gk-other-key-0123456789abcdef"
-FAST = ("--jobs-webhook-backoff-s", "0.2", "--jobs-lease-s", "3", "--jobs-batch", "2", "--deadline-s", "180")
+FAST = ("--jobs-webhook-backoff-s", "0.2", "--jobs-webhook-attempts", "5", "--jobs-lease-s", "3", "--jobs-batch", "2",
+        "--deadline-s", "180")
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +125,26 @@ def check_flaky_receiver(gateway, triton) -> None:
         flaky.stop()
 
 
+def check_redirect_is_not_followed(gateway) -> None:
+    """A receiver answering 307: never followed, each attempt a failure, and after the last one the job's webhook
+    is `failed` (recorded, not dropped)."""
+    target = Receiver().start()
+    redirecting = Receiver(redirect=target.url).start()
+    try:
+        job_id = submit(gateway.url, images(1, 420), KEY, callback_url=redirecting.url).json()["id"]
+        redirecting.wait(5)
+        deadline = time.monotonic() + 60
+        while (job := wait_job(gateway.url, job_id, KEY))["webhook"]["status"] == "pending":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert job["webhook"]["status"] == "failed"
+        assert [(a["ok"], a["status_code"]) for a in job["webhook"]["attempts"]] == [(False, 307)] * 5
+        assert target.deliveries == [] and len(redirecting.deliveries) == 5
+    finally:
+        redirecting.stop()
+        target.stop()
+
+
 # -- SQLite (fast tier) ---------------------------------------------------------------------------------------
 
 
@@ -141,6 +162,10 @@ def test_sqlite_keys_scope_jobs(sqlite_gateway):
 
 def test_sqlite_flaky_receiver_gets_one_successful_delivery(sqlite_gateway, triton):
     check_flaky_receiver(sqlite_gateway, triton)
+
+
+def test_sqlite_redirect_is_not_followed_and_exhausted_webhooks_are_failed(sqlite_gateway):
+    check_redirect_is_not_followed(sqlite_gateway)
 
 
 def test_callbacks_refused_at_submission(sqlite_gateway, receiver):
@@ -284,12 +309,17 @@ def test_page_lists_jobs_and_shows_results(sqlite_gateway, browser):
     page.close()
 
 
+@pytest.mark.slow  # three gateway starts and ten items one at a time: ~15-30 s on a shared 2-CPU machine
 def test_job_survives_gateway_sigterm_and_restart(triton, tmp_path):
     """SIGTERM mid-job: the gateway writes the batch in flight and puts the job back in the queue (no lease to
     wait for); the restarted gateway answers only the rest."""
-    args = ("--state-dir", str(tmp_path / "state"), "--jobs-batch", "1", "--deadline-s", "180")
+    args = ("--state-dir", str(tmp_path / "state"), "--jobs-batch", "1", "--deadline-s", "180",
+            "--jobs-callback-hosts", "localhost")
     gw = start_gateway(triton.grpc_url, tmp_path, *args)
     try:
+        body = assert_error(submit(gw.url, images(1), None, callback_url="http://localhost:9/hook"),
+                            422, "callback_refused")  # allowlisted by name, but it resolves to loopback
+        assert "loopback" in body["error"]["message"]
         job_id = submit(gw.url, images(10, 800), None).json()["id"]
         while requests.get(f"{gw.url}/v1/jobs/{job_id}", timeout=10).json()["progress"]["done"] < 2:
             time.sleep(0.02)
@@ -381,6 +411,7 @@ def test_postgres_scenarios(pg_gateway, receiver, triton):
     check_idempotent_resubmission(pg_gateway)
     check_keys_scope_jobs(pg_gateway)
     check_flaky_receiver(pg_gateway, triton)
+    check_redirect_is_not_followed(pg_gateway)
     assert_error(submit(pg_gateway.url, images(1), KEY, callback_url="http://example.com/h"), 422, "callback_refused")
 
 
