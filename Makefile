@@ -31,7 +31,7 @@ PROVENANCE ?=
 EXPORT_ARGS = --weights $(WEIGHTS) --build $(BUILD) $(if $(DETECTORS),--detectors $(DETECTORS)) \
 	$(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(foreach r,$(REVISIONS),--revision $(r)) $(foreach l,$(LABELS),--labels $(l))
 
-.PHONY: setup test test-all docs export quantize cpu-options repository serve stop bench bench-compare soak gpu-check image clean weights weights-unpack explain
+.PHONY: setup test test-all docs export quantize cpu-options repository serve stop bench bench-compare soak load gpu-check image clean weights weights-unpack explain
 
 # Dependencies are reinstalled only when pyproject.toml changes; the editable install of this
 # checkout is refreshed every time (a cached venv may have been made from another clone).
@@ -121,6 +121,12 @@ bench: setup
 
 bench-compare: setup
 	$(BIN)/python -m genguard.benchmarks.compare --build $(BUILD)
+
+# The full stack through the gateway (benchmarks/load.py): its own tritonserver over BUILD (a full-size build) and
+# gateway, Hive JSON + multipart + corrupt images + repeats at concurrency 16, Triton restarted at the middle.
+DURATION ?= 600
+load: setup
+	$(BIN)/python -m genguard.benchmarks.load --build $(BUILD) --duration $(DURATION)
 
 # Long soak against a running `make serve` (a short one runs in `make test`).
 soak: setup

@@ -26,6 +26,14 @@ __all__ = ["GATEWAY_PORT", "GRPC_PORT", "HOST", "HTTP_PORT", "METRICS_PORT", "Po
            "wait_ready", "is_ready", "stop_pid", "probe", "start_gateway", "stop_gateway"]
 
 
+# Each python-backend stub's shared-memory region (tensors to and from tritonserver) is made this large at start
+# instead of 1 MiB grown on demand: a stub that must grow it while memory is short throws inside boost.interprocess
+# holding the region's lock, and tritonserver aborts (`boost::interprocess::lock_exception`, tests/test_faults.py).
+# 64 MiB holds the largest detector's full batch (16 x 3 x 448 x 448 float32 = 38.5 MB) and its outputs, so the
+# detectors, the stubs that use the most memory, never grow it; pages are used (in /dev/shm) only as tensors fill them.
+PYTHON_SHM_BYTES = 64 << 20
+
+
 @dataclass(frozen=True)
 class Ports:
     http: int = HTTP_PORT
@@ -48,9 +56,11 @@ def free_ports(count: int, host: str = HOST) -> list[int]:
 
 def server_args(repository: Path | str, *, ports: Ports = Ports(), host: str = HOST, production: bool = False,
                 admin_key: str | None = None, gpu: bool = False, backend_directory: Path | str | None = None,
-                cache_directory: Path | str | None = None) -> list[str]:
+                cache_directory: Path | str | None = None, python_shm_bytes: int | None = PYTHON_SHM_BYTES) -> list[str]:
     """tritonserver flags.
 
+    python_shm_bytes: each python-backend stub's shared-memory region at start (None: Triton's 1 MiB, grown on
+    demand, which aborts the server when a stub cannot grow it: see PYTHON_SHM_BYTES).
     production: restrict the model-repository (load/unload/index) and shared-memory APIs to requests
     carrying the header `genguard-admin-key: <admin_key>`; with no key given, a random one nobody knows.
     gpu: report GPU metrics (the GPU targets).
@@ -67,6 +77,8 @@ def server_args(repository: Path | str, *, ports: Ports = Ports(), host: str = H
         "--strict-readiness=true",
         "--exit-timeout-secs=30",  # graceful shutdown: drain in-flight requests
     ]
+    if python_shm_bytes:
+        args.append(f"--backend-config=python,shm-default-byte-size={python_shm_bytes}")
     if production:
         key = admin_key or secrets.token_hex(16)
         restricted = f"model-repository,shared-memory:genguard-admin-key={key}"
@@ -108,10 +120,12 @@ def environment() -> dict[str, str]:
 
 
 def start(repository: Path, home: Path, *, ports: Ports = Ports(), log_file: Path | None = None,
-          production: bool = False, admin_key: str | None = None) -> subprocess.Popen:
+          production: bool = False, admin_key: str | None = None,
+          python_shm_bytes: int | None = PYTHON_SHM_BYTES) -> subprocess.Popen:
     binary = prepare_tritonserver(home)
     command = [str(binary), *server_args(repository, ports=ports, production=production, admin_key=admin_key,
-                                         backend_directory=home / "backends", cache_directory=home / "caches")]
+                                         backend_directory=home / "backends", cache_directory=home / "caches",
+                                         python_shm_bytes=python_shm_bytes)]
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     return subprocess.Popen(command, env=environment(), stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)

@@ -106,6 +106,9 @@ class DetectorSpec:
     gpu_precision: TensorRT precision on the GPU targets when the card advises one (None: the family's).
     cpu_arena:     the cpu target's default for ONNX Runtime's CPU memory arena (make serve ARENA=auto),
                    chosen by measurement (benchmarks/results/arena-full-random.md).
+    cpu_run_batch: the cpu target runs a batch through the engine at most this many images at a time (0: the
+                   whole batch at once): bounds a detector whose working memory grows with the batch
+                   (benchmarks/results/memory-budget.md).
     optional:      exported and served only when a checkpoint is given (or WEIGHTS=random).
     prob_atol:     parity tolerance on probabilities (FP32 ONNX Runtime vs PyTorch).
     tiny:          architecture overrides for reduced-depth test builds (same code path, fewer layers).
@@ -124,6 +127,7 @@ class DetectorSpec:
     timm_pretrained_cfg: str | None = None
     gpu_precision: Literal["fp32", "fp16", "bf16"] | None = None
     cpu_arena: bool = True
+    cpu_run_batch: int = 0
     tiny: dict = field(default_factory=dict, hash=False, compare=False)
 
     def head(self, role: HeadRole) -> Head | None:
@@ -232,6 +236,9 @@ DETECTORS: dict[str, DetectorSpec] = {
             # its arena held ~2.8 GB after batch-8 runs against ~0.26 GB without, at the same speed (the
             # CNNs' and SigLIP's held 40-600 MB and were as fast or faster with it)
             cpu_arena=False,
+            # ~165 MB of working memory per image (ort-fp32; ~420 MB in OpenVINO BF16) up to 3.1 GB (7.1 GB) at a
+            # batch of 16, at the same images/s as 4 at a time (benchmarks/results/memory-budget.md)
+            cpu_run_batch=4,
             input=EVA02_448,
             heads=(Head("nsfw", "nsfw", NSFW_LEVELS),),
             card="https://huggingface.co/Freepik/nsfw_image_detector",

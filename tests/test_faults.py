@@ -1,10 +1,12 @@
 """Faults and the production configuration, each on a private server (one small detector) so the
-shared test server is never disturbed: a restart under load, a killed python-backend stub, and the
+shared test server is never disturbed: a restart under load, a killed python-backend stub, a stub out of
+memory, and the
 model-control / repository APIs closed in production."""
 
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import threading
 import time
@@ -120,6 +122,50 @@ def test_killed_stub_fails_loudly_and_the_probe_says_so(private):
     assert server.main(["probe", "--url", url]) == 1
     # A server with a dead stub sits out Triton's whole exit timeout (30 s) on SIGTERM; nothing is left to drain.
     os.killpg(process.pid, signal.SIGKILL)
+
+
+def vm_size(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmSize")
+
+
+def out_of_memory(ports, detector: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{ports.metrics}/metrics", timeout=5).read().decode()
+    series = f'genguard_detector_failures_total{{detector="{detector}",reason="out_of_memory"}} '
+    return next(float(line[len(series):]) for line in text.splitlines() if line.startswith(series))
+
+
+@pytest.mark.parametrize("presized", [False, True], ids=["triton-default-shm", "genguard-shm"])
+def test_a_stub_out_of_memory_never_aborts_the_server(private, presized):
+    """A detector's stub is held to 8 MiB above its size (RLIMIT_AS, as a container's memory limit would), then
+    sent a full batch. With Triton's default 1 MiB shared-memory region the stub must grow it, fails inside
+    boost.interprocess holding its lock, and tritonserver aborts (SIGABRT, `boost::interprocess::lock_exception`):
+    the reproduction. With GenGuard's flags (server.PYTHON_SHM_BYTES, the region made at start) the same batch
+    fails alone (MemoryError or ONNX Runtime's bad_alloc, caught), named in the answer, the log and
+    genguard_detector_failures_total{reason="out_of_memory"}; the server lives and its other models answer."""
+    process, ports, log = private(python_shm_bytes=server.PYTHON_SHM_BYTES if presized else None)
+    (stub,) = stub_pids(process.pid, DETECTOR)
+    limit = vm_size(stub) + (8 << 20)
+    resource.prlimit(stub, resource.RLIMIT_AS, (limit, limit))
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{ports.grpc}")
+    batch = protocol.pack_images([samples.photos()["coins.png"]] * 16)
+    tensor = grpcclient.InferInput(protocol.INPUT, list(batch.shape), "UINT8")
+    tensor.set_data_from_numpy(batch)
+    with pytest.raises(Exception) as refused:
+        client.infer(protocol.ENSEMBLE, [tensor], client_timeout=120)
+    if not presized:
+        assert process.wait(30) == -signal.SIGABRT
+        assert "boost::interprocess::lock_exception" in log.read_text(errors="replace")
+        return
+    time.sleep(1)
+    assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+    assert DETECTOR in str(refused.value)
+    assert out_of_memory(ports, DETECTOR) == 16
+    assert f"{DETECTOR}: a batch of 16 failed" in log.read_text(errors="replace")
+    assert client.infer(protocol.PREPROCESS, [tensor]).as_numpy(protocol.IMAGE_INFO) is not None
+    os.killpg(process.pid, signal.SIGKILL)  # a dead stub would hold SIGTERM for the whole exit timeout
 
 
 def _post(url: str, headers: dict | None = None) -> int:

@@ -115,6 +115,8 @@ def detector_config(det: ExportedDetector, max_batch: int, options: CpuOptions =
             engine=option.engine, precision=option.precision, arena="1" if options.arena_for(spec) else "0")
     if files_sha256:
         _params(config, files_sha256=files_sha256)
+    if spec.cpu_run_batch:
+        _params(config, run_batch=str(spec.cpu_run_batch))
     return config
 
 

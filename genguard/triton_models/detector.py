@@ -1,7 +1,8 @@
 """One GenGuard detector (python backend): its exported ONNX on the configured CPU engine (genguard.engines:
 ONNX Runtime FP32 by default, ORT INT8, OpenVINO FP32/BF16/INT8).
 
-Requests gathered by the dynamic batcher run as one batch. Refuses to load when the ONNX file (or an OpenVINO
+Requests gathered by the dynamic batcher run as one batch (in pieces of `run_batch` images where the spec
+bounds it: DetectorSpec.cpu_run_batch). Refuses to load when the ONNX file (or an OpenVINO
 IR's .xml or .bin: openvino-bf16-mixed's, prepared by make cpu-options and read as is) is missing,
 unreadable, is not the file whose accuracy check the renderer verified (sha256), disagrees with the config
 (detector, heads, weights provenance), or needs CPU instructions this machine lacks (BF16, VNNI).
@@ -14,6 +15,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from genguard import engines, protocol
+from genguard.triton_models import metrics
 from genguard.checksums import sha256_file
 from genguard.triton_models.common import model_config, parameters, warn_loudly
 
@@ -71,12 +73,16 @@ class TritonPythonModel:
             message = (f"RANDOM WEIGHTS: detector {self.name} serves random weights (checkpoint "
                        f"{meta.get('checkpoint')}); its scores are meaningless")
             warn_loudly(pb_utils, message)
+        self.metrics = metrics.DetectorMetrics(pb_utils, self.name)
+        self.run_batch = int(params.get("run_batch", "0"))  # at most this many images per engine run (0: all)
 
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, protocol.DETECTOR_INPUT).as_numpy() for r in requests]
         try:
-            results = self.session.run(self.outputs, {protocol.DETECTOR_INPUT: np.concatenate(arrays)})
-        except Exception as exc:
+            results = self._run(np.concatenate(arrays))
+        except Exception as exc:  # MemoryError and ONNX Runtime's std::bad_alloc too: the batch fails, the stub lives
+            self.metrics.failed(exc, sum(len(a) for a in arrays))
+            pb_utils.Logger.log_error(f"{self.name}: a batch of {sum(len(a) for a in arrays)} failed: {exc}")
             error = pb_utils.TritonError(f"{self.name}: inference failed: {exc}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
         responses, start = [], 0
@@ -86,3 +92,16 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start = end
         return responses
+
+    def _run(self, pixels: np.ndarray) -> list[np.ndarray]:
+        """The engine's outputs for `pixels`, run run_batch images at a time: the working memory of a batch of
+        max_batch_size never exists at once (the dynamic batcher still gathers full batches)."""
+        step = self.run_batch or len(pixels)
+        if step >= len(pixels):
+            return self.session.run(self.outputs, {protocol.DETECTOR_INPUT: pixels})
+        parts = [self.session.run(self.outputs, {protocol.DETECTOR_INPUT: pixels[i:i + step]})
+                 for i in range(0, len(pixels), step)]
+        return [np.concatenate(outs) for outs in zip(*parts)]
+
+    def finalize(self):
+        self.metrics.close()

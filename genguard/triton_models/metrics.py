@@ -11,6 +11,9 @@ HISTOGRAM with `buckets=`, which the bundled tritonserver 2.51 supports) by the 
                    genguard_image_failures_total{model="postprocess",reason="internal"}
   preprocess (cpu target), validate (GPU targets)
                    genguard_image_failures_total{model,reason}  images refused, by reason
+  each detector (cpu target)
+                   genguard_detector_failures_total{detector,reason}  images whose batch the detector could not
+                                                                 run: out_of_memory, error
 
 Every image of a request is counted once: a success under the verdict (and source, NSFW level, histogram)
 in postprocess, a refusal under its reason in the step that refused it. Counts are read from what the
@@ -39,6 +42,7 @@ NSFW_TOTAL = "genguard_image_nsfw_levels_total"
 FAILURES_TOTAL = "genguard_image_failures_total"
 IS_AI = "genguard_is_ai_generated"
 RANDOM_WEIGHTS = "genguard_detector_random_weights"
+DETECTOR_FAILURES = "genguard_detector_failures_total"
 
 # name -> (kind, help, label names); kind as pb_utils.MetricFamily's attribute
 FAMILIES = {
@@ -54,6 +58,8 @@ FAMILIES = {
     IS_AI: ("HISTOGRAM", "Fused probability that an answered image is AI-generated (is_ai_generated)", ()),
     RANDOM_WEIGHTS: ("GAUGE", "1 if the detector serves random weights (meaningless scores), 0 if real",
                      ("detector",)),
+    DETECTOR_FAILURES: ("COUNTER", "Images in batches a detector could not run, by reason (out_of_memory: the "
+                                   "stub ran out of memory; error: any other failure)", ("detector", "reason")),
 }
 
 
@@ -190,6 +196,27 @@ class RefusalMetrics:
             self.f.add(FAILURES_TOTAL, tally_refusals(infos), model=self.model)
         except Exception as exc:
             self.f.warn(exc)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class DetectorMetrics:
+    """A detector (cpu target): images in the batches it could not run, by reason."""
+
+    def __init__(self, pb_utils, detector: str):
+        self.detector = detector
+        self.f = _Families(pb_utils, (DETECTOR_FAILURES,))
+        for reason in ("out_of_memory", "error"):
+            self.f.metric(DETECTOR_FAILURES, detector=detector, reason=reason)
+
+    def failed(self, exc: Exception, images: int) -> None:
+        try:
+            out_of_memory = isinstance(exc, MemoryError) or "bad_alloc" in str(exc)
+            self.f.metric(DETECTOR_FAILURES, detector=self.detector,
+                          reason="out_of_memory" if out_of_memory else "error").increment(float(images))
+        except Exception as problem:
+            self.f.warn(problem)
 
     def close(self) -> None:
         self.f.close()
