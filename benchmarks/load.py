@@ -25,6 +25,7 @@ import io
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -111,7 +112,7 @@ async def client_loop(run: Run, gateway: str, worker: int, end: float, repeats: 
         while run.now() < end:
             retry = images  # refused with Retry-After: the same request again, as a client would
             images = [] if not retry else retry
-            for _ in range(0 if retry else rng.randint(1, 4)):
+            for _ in range(0 if retry else rng.randint(1, run.args.max_images)):
                 seed += 1
                 r = rng.random()
                 if r < share["corrupt"]:
@@ -237,11 +238,13 @@ def main(argv=None) -> int:
     parser.add_argument("--gateway-queue", type=int, default=2)
     parser.add_argument("--no-restart", action="store_true")
     parser.add_argument("--cache-bench", action="store_true", help="two phases: 50 %% repeats, then none")
+    parser.add_argument("--max-images", type=int, default=4, help="images per request: 1 to this many")
     parser.add_argument("--sample-s", type=float, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--tag", default="full-random")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: still stop the servers (finally below)
 
     from genguard.export.repository import render
 
@@ -368,8 +371,8 @@ def _write_cache(args, phases: dict) -> int:
     text = (f"# Answer cache: 50 % repeats vs none — {args.tag}\n\nCommand: `{info['command']}`  \n"
             f"CPU: {machine.get('cpu')} ({machine.get('usable_cpus')} usable CPUs). {SHARED}\n\n"
             f"Each stream {args.duration:.0f} s at concurrency {args.concurrency} through the gateway (full-size models, "
-            "in-process cache), one after the other on the same servers; repeats are drawn from 8 popular images, the "
-            "rest are unique.\n\n" + markdown_table(rows, cols) + "\n")
+            f"in-process cache), one after the other on the same servers, 1 to {args.max_images} images per request; "
+            "repeats are drawn from 8 popular images (the first sight of each is a miss), the rest are unique.\n\n" + markdown_table(rows, cols) + "\n")
     (args.out / f"cache-{args.tag}.md").write_text(text)
     print(text)
     return 0
