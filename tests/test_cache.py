@@ -176,3 +176,20 @@ def test_redis_is_shared_and_a_changed_fusion_or_model_is_never_served_from_the_
         server.stop_pid(triton.pid)
         one.stop()
         two.stop()
+
+
+@pytest.mark.slow  # make load end to end on the tiny build: its own tritonserver (restarted) and gateway, ~1 min
+def test_load_benchmark_loses_nothing_across_a_restart(tiny_build, tmp_path):
+    """`python -m genguard.benchmarks.load`, short: the mix and the restart, every request answered (200, or a
+    deliberate 429/503 retried), the memory samples and the recovery in the written report."""
+    from genguard.benchmarks import load
+
+    assert load.main(["--build", str(tiny_build), "--duration", "30", "--concurrency", "6", "--corrupt-share", "0.3",
+                      "--out", str(tmp_path), "--tag", "smoke"]) == 0
+    saved = json.loads((tmp_path / "load-smoke.json").read_text())
+    summary = saved["summary"]
+    assert summary["lost"] == 0 and summary["unexpected"] == 0 and summary["codes"].get("200", 0) > 0
+    assert summary["failed_images"] > 0  # the corrupt share answered FAILURE, per image
+    assert saved["recovery"]["triton_down_s"] > 0 and "503" in summary["codes"]
+    assert {"tritonserver", "gateway", "stub:preprocess"} <= set(saved["memory"]["peak_mib"])
+    assert "| requests | by HTTP status |" in (tmp_path / "load-smoke.md").read_text()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from genguard import video
+
 from . import videos
 from .cache import AnswerCache
 from .engine import Engine
@@ -41,8 +43,10 @@ class GatewayState:
         elif self.cache is None:
             answered = await forward(sent)
         else:
+            # video options key only requests with a clip: an image is the same answer from every route
+            clips = video_options if any(video.is_video(data) for data in sent) else None
             answered = await self.cache.detect(sent, forward, {"explain": explain, "labels": explain_labels,
-                                                               "video": video_options})
+                                                               "video": clips})
         answered = iter(answered)
         hint = videos.with_jobs_hint if synchronous else (lambda doc: doc)
         docs = [refused[i] if i in refused else {**hint(next(answered)), "index": i}
