@@ -102,11 +102,12 @@ class Run:
         return time.monotonic() - self.start
 
 
-async def client_loop(run: Run, gateway: str, worker: int, end: float, repeats: list[bytes], share: dict) -> None:
+async def client_loop(run: Run, gateway: str, worker: int, end: float, repeats: list[bytes], share: dict,
+                      phase: int = 0) -> None:
     import httpx
 
-    rng = random.Random(worker)
-    seed = 1_000_000 * (worker + 1) + int(run.args.seed)
+    rng = random.Random(1000 * phase + worker)
+    seed = 1_000_000 * (worker + 1) + 100_000_000 * phase + int(run.args.seed)  # unique images stay unique
     async with httpx.AsyncClient(timeout=run.args.deadline_s + 30) as client:
         images: list[bytes] = []
         while run.now() < end:
@@ -270,11 +271,11 @@ def main(argv=None) -> int:
             # arrives thousands of times was; the streams then differ only in how many images repeat.
             asyncio.run(_warm(url, repeats))
             phases = {}
-            for name, repeat in (("50% repeats", 0.5), ("no repeats", 0.0)):
+            for phase, (name, repeat) in enumerate((("50% repeats", 0.5), ("no repeats", 0.0)), start=1):
                 first = len(run.records)
                 began = run.now()
                 share = {"repeat": repeat, "corrupt": 0.0}
-                asyncio.run(_clients(run, url, began + args.duration, repeats, share))
+                asyncio.run(_clients(run, url, began + args.duration, repeats, share, phase))
                 phases[name] = summarize(run.records[first:], run.now() - began)
                 print(name, json.dumps(phases[name]), flush=True)
             return _write_cache(args, phases)
@@ -308,8 +309,8 @@ async def _warm(url: str, repeats: list[bytes]) -> None:
             response.raise_for_status()
 
 
-async def _clients(run: Run, url: str, end: float, repeats: list[bytes], share: dict) -> None:
-    await asyncio.gather(*(client_loop(run, url, w, end, repeats, share) for w in range(run.args.concurrency)))
+async def _clients(run: Run, url: str, end: float, repeats: list[bytes], share: dict, phase: int = 0) -> None:
+    await asyncio.gather(*(client_loop(run, url, w, end, repeats, share, phase) for w in range(run.args.concurrency)))
 
 
 def _recovery(run: Run) -> dict:
@@ -383,7 +384,7 @@ def _write_cache(args, phases: dict) -> int:
     text = (f"# Answer cache: 50 % repeats vs none — {args.tag}\n\nCommand: `{info['command']}`  \n"
             f"CPU: {machine.get('cpu')} ({machine.get('usable_cpus')} usable CPUs). {SHARED}\n\n"
             f"Each stream {args.duration:.0f} s at concurrency {args.concurrency} through the gateway (full-size models, "
-            f"in-process cache), one after the other on the same servers, 1 to {args.max_images} images per request; "
+            f"in-process cache), one after the other on the same servers, {args.max_images} image(s) at most per request; "
             "repeats are drawn from 8 popular images, each sent once before the streams (untimed: the steady state of "
             "a cache that has seen them), the rest are unique.\n\n" + markdown_table(rows, cols) + "\n")
     (args.out / f"cache-{args.tag}.md").write_text(text)
