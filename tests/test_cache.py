@@ -178,7 +178,7 @@ def test_redis_is_shared_and_a_changed_fusion_or_model_is_never_served_from_the_
         two.stop()
 
 
-@pytest.mark.slow  # make load end to end on the tiny build: its own tritonserver (restarted) and gateway, ~1 min
+@pytest.mark.slow  # make load end to end on the tiny build: its own tritonserver (restarted) and gateway, ~40 s
 def test_load_benchmark_loses_nothing_across_a_restart(tiny_build, tmp_path):
     """`python -m genguard.benchmarks.load`, short: the mix and the restart, every request answered (200, or a
     deliberate 429/503 retried), the memory samples and the recovery in the written report."""
