@@ -31,7 +31,7 @@ PROVENANCE ?=
 EXPORT_ARGS = --weights $(WEIGHTS) --build $(BUILD) $(if $(DETECTORS),--detectors $(DETECTORS)) \
 	$(foreach c,$(CHECKPOINTS),--checkpoint $(c)) $(foreach r,$(REVISIONS),--revision $(r)) $(foreach l,$(LABELS),--labels $(l))
 
-.PHONY: setup test test-all docs export quantize cpu-options repository serve stop bench bench-compare soak load gpu-check image clean weights weights-unpack explain
+.PHONY: setup test test-all docs scan export quantize cpu-options repository serve stop bench bench-compare soak load gpu-check image clean weights weights-unpack explain
 
 # Dependencies are reinstalled only when pyproject.toml changes; the editable install of this
 # checkout is refreshed every time (a cached venv may have been made from another clone).
@@ -39,7 +39,7 @@ setup:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@want=$$(sha256sum pyproject.toml | cut -c1-16); \
 	if [ "$$(cat $(VENV)/.genguard-deps 2>/dev/null)" != "$$want" ]; then \
-		$(BIN)/pip install --disable-pip-version-check -e '.[export,server,test,bench,gateway,docs]' && echo $$want > $(VENV)/.genguard-deps; \
+		$(BIN)/pip install --disable-pip-version-check -e '.[export,server,test,bench,gateway,docs,scan]' && echo $$want > $(VENV)/.genguard-deps; \
 	else \
 		$(BIN)/pip install --disable-pip-version-check -q --no-deps -e . ; \
 	fi
@@ -96,6 +96,16 @@ cpu-options: setup
 # Grad-CAM for the CNN detectors: build/onnx/<det>/explain.onnx + explain.json, parity vs pytorch-grad-cam
 explain: setup
 	$(BIN)/python -m genguard.export.explain --build $(BUILD) $(if $(DETECTORS),--detectors $(DETECTORS))
+
+# Bulk scan on Ray Data (docs/scan.md): make scan SRC="photos/ s3://bucket/prefix" OUT=scan-out [URL=host:8001]
+# [SCAN_ARGS="--concurrency 8"]; rerun the same command to resume
+SRC ?=
+OUT ?=
+URL ?=
+SCAN_ARGS ?=
+scan: setup
+	@test -n "$(SRC)" -a -n "$(OUT)" || { echo 'usage: make scan SRC="folder/ s3://bucket/prefix ..." OUT=dir'; exit 2; }
+	$(BIN)/genguard scan $(SRC) --out $(OUT) $(if $(URL),--url $(URL)) $(SCAN_ARGS)
 
 # Render the Triton model repository for TARGET from build/onnx (prints where).
 repository: setup

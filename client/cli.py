@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     from genguard.jobs.cli import add_parsers as jobs_parsers  # jobs submit|status|wait|list|cancel|migrate, worker
 
     jobs_parsers(sub, connection, EXIT_CODES)
+    from genguard.scan.cli import add_parser as scan_parser  # light: Ray and DuckDB load when a scan runs
+
+    scan_parser(sub, connection, EXIT_CODES)
     return parser
 
 
@@ -377,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"genguard weights needs the `export` extra (huggingface_hub): {exc}", file=sys.stderr)
             return EXIT_OTHER
         return weights_main(argv[1:], prog="genguard weights")
+    if argv[:2] == ["scan", "select"]:  # curation of a scan's dataset: its own arguments (no server)
+        from genguard.scan.cli import select_main
+
+        return select_main(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "gateway":
@@ -401,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
             from genguard.jobs.cli import run_client
 
             return run_client(args, _client, write_results)
+        if args.command == "scan":
+            from genguard.scan.cli import scan_command
+
+            return scan_command(args, parser)
         return detect(args, parser) if args.command == "detect" else health(args)
     except Unauthorized as exc:
         print(f"genguard: {exc}", file=sys.stderr)
