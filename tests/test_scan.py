@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import video_fixtures as vf
 from conftest import free_ports
 from genguard.client import cli
 from genguard.scan import output
@@ -99,6 +100,7 @@ def corpus(tmp_path_factory):
     (photos / "empty.png").write_bytes(b"")
     (photos / "gone.png").symlink_to(photos / "deleted.png")              # listed, then nothing to read
     (photos / ".DS_Store").write_bytes(b"hidden")                          # hidden: not an input
+    (photos / "clip.mp4").write_bytes(vf.clip([encoded(8), encoded(9)], seconds_each=0.5, fps=4))  # a video row
     shard = root / "shard-000.tar"
     _shard(shard, [("s1.png", encoded(4)), ("s1.json", b"{}"), ("s2.jpg", encoded(5, "JPEG")),
                    ("s3.png", b"\x89PNG garbage"), ("s4.png", encoded(6, "PNG", (128, 128)))], cut_last=True)
@@ -111,7 +113,7 @@ def corpus(tmp_path_factory):
         str(photos / "a.png"): "SUCCESS", str(photos / "b.jpg"): "SUCCESS",
         str(photos / "nested" / "a-copy.png"): "SUCCESS", str(photos / "notes.txt"): "not_an_image",
         str(photos / "truncated.jpg"): "truncated", str(photos / "empty.png"): "empty",
-        str(photos / "gone.png"): "not_found", str(extra): "SUCCESS",
+        str(photos / "gone.png"): "not_found", str(extra): "SUCCESS", str(photos / "clip.mp4"): "SUCCESS",
         f"{shard}#s1.png": "SUCCESS", f"{shard}#s2.jpg": "SUCCESS", f"{shard}#s3.png": "not_an_image",
         f"{shard}#s4.png": "broken_tar_member",
     }
@@ -144,12 +146,15 @@ def test_scan_gives_one_row_per_input_with_its_status(triton, ray_session, corpu
     assert got == expected
     ok = table[table.status == "SUCCESS"]
     assert ok.is_ai_generated.between(0, 1).all() and ok.verdict.notna().all() and ok.nsfw_level.notna().all()
-    assert (ok.weights_kind == "random").all() and ok.fusion_id.notna().all() and (ok.width == 48).all()
+    assert (ok.weights_kind == "random").all() and ok.fusion_id.notna().all() and (ok[ok.kind == "image"].width == 48).all()
     # a.png, nested/a-copy.png and s3 x.png are the same bytes: one answer, scored once, on three rows
     same = table[table.sha256 == table.set_index("uri").sha256[str(photos / "a.png")]]
     assert len(same) == 3 and same.is_ai_generated.nunique() == 1
     sent = table[table.failure_reason.isna() | table.failure_reason.isin(["not_an_image", "truncated"])]
-    assert inferences(triton) - before == sent.sha256.nunique() == len(sent) - 2
+    clip = table.set_index("uri").loc[str(photos / "clip.mp4")]  # its sampled frames go through the ensemble
+    assert clip.kind == "video" and clip.video_frames_sampled == len(clip.timeline) > 0 and clip.width == 160
+    assert (inferences(triton) - before - clip.video_frames_sampled == sent.sha256.nunique() - 1 == len(sent) - 3)
+    assert set(table[table.uri.str.endswith(".png")].kind.dropna()) == {"image"}
     # WebDataset rows carry their shard and key; failures carry a reason and a message
     assert table.set_index("uri").key[f"{shard}#s2.jpg"] == "s2"
     assert table[table.status == "FAILURE"].failure_message.str.len().gt(0).all()
@@ -172,7 +177,7 @@ def test_scan_gives_one_row_per_input_with_its_status(triton, ray_session, corpu
 @pytest.fixture(scope="module")
 def many(tmp_path_factory):
     folder = tmp_path_factory.mktemp("many")
-    for i in range(96):
+    for i in range(40):
         (folder / f"{i:03d}.png").write_bytes(encoded(100 + i, size=(32, 32)))
     return folder
 
@@ -190,9 +195,9 @@ def test_a_killed_scan_resumes_to_the_same_uris_without_duplicates(triton, ray_s
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     partial = rows(resumed)
-    assert 0 < len(partial) < 96, "the driver was killed midway"
+    assert 0 < len(partial) < 40, "the driver was killed midway"
     summary = scan([str(many)], resumed, Options(url=triton.grpc_url, batch_size=2, progress=False))
-    assert summary["run"]["already_done"] == len(partial) and summary["run"]["scanned_this_run"] == 96 - len(partial)
+    assert summary["run"]["already_done"] == len(partial) and summary["run"]["scanned_this_run"] == 40 - len(partial)
     final = rows(resumed)
     assert final.uri.is_unique and sorted(final.uri) == sorted(rows(whole).uri)
     assert (final.status == "SUCCESS").all()
@@ -215,7 +220,7 @@ def test_cli_scan_then_select(triton, ray_session, corpus, tmp_path, capsys):
     out = tmp_path / "out"
     code = cli.main(["scan", str(photos), str(shard), "--out", str(out), "--url", triton.grpc_url, "--no-progress"])
     captured = capsys.readouterr()
-    assert code == 4 and "failures by reason" in captured.err and "rows in" in captured.out
+    assert code == 4 and "failures by reason" in captured.err and "rows in" in captured.out, captured
     where = "status = 'SUCCESS' AND nsfw_level IS NOT NULL"
     kept = duckdb.sql(f"SELECT uri FROM read_parquet('{out}/rows/*.parquet') WHERE {where} ORDER BY uri").fetchall()
     assert kept and len(kept) < len(rows(out))
@@ -224,7 +229,7 @@ def test_cli_scan_then_select(triton, ray_session, corpus, tmp_path, capsys):
     folder = tmp_path / "clean"
     assert cli.main(["scan", "select", str(out), "--where", where, "--to", str(folder)]) == 0
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    assert files == ["a.png", "b.jpg", "nested/a-copy.png", "shard-000.tar"]
+    assert files == ["a.png", "b.jpg", "clip.mp4", "nested/a-copy.png", "shard-000.tar"]
     assert (folder / "nested" / "a-copy.png").read_bytes() == (photos / "nested" / "a-copy.png").read_bytes()
     with tarfile.open(folder / "shard-000.tar") as tar:  # kept samples whole (s1's .json too), nothing else
         assert tar.getnames() == ["s1.png", "s1.json", "s2.jpg"]

@@ -120,7 +120,7 @@ def scan(srcs: list[str], out: Path, opts: Options | None = None) -> dict[str, A
             dedupe = None
             if opts.dedupe:
                 dedupe = f"{DEDUPE_ACTOR}-{uuid.uuid4().hex[:8]}"
-                actor = ray.remote(Dedupe).options(name=dedupe, num_cpus=0).remote()
+                actor = ray.remote(Dedupe).options(name=dedupe, num_cpus=0, max_restarts=-1).remote()
             batch = opts.batch_size or 16
             # blocks of `batch` rows before and after reading (a shard expands into many rows): each is one task,
             # so reads run in parallel and every scoring actor gets work

@@ -12,10 +12,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from genguard.client.results import ImageInfo
 from genguard.protocol import FAILURE, NSFW_LEVELS
 
 SCHEMA_VERSION = 1
 PROBABILITIES = pa.map_(pa.string(), pa.float64())
+TIMELINE = pa.struct([("t", pa.float64()), ("is_ai_generated", pa.float64()), ("verdict", pa.string()),
+                      ("source", pa.string()), ("nsfw_level", pa.string())])
 
 SCHEMA = pa.schema([
     ("uri", pa.string()),                 # the input: absolute path, object URL, or shard#member for WebDataset
@@ -26,6 +29,7 @@ SCHEMA = pa.schema([
     ("width", pa.int32()),
     ("height", pa.int32()),
     ("format", pa.string()),
+    ("kind", pa.string()),                # image | video (a clip, answered by genguard_video: docs/video.md)
     ("status", pa.string()),              # SUCCESS | FAILURE
     ("failure_reason", pa.string()),      # stable code (docs/scan.md), null on success
     ("failure_message", pa.string()),
@@ -40,6 +44,9 @@ SCHEMA = pa.schema([
     ("provenance_found", pa.bool_()),     # the image's metadata declares it AI-made
     ("provenance_generator", pa.string()),
     ("decided_by", pa.string()),          # c2pa | metadata when provenance decided the verdict
+    ("video_duration_s", pa.float64()),   # a clip's duration, and how many of its frames were answered
+    ("video_frames_sampled", pa.int32()),
+    ("timeline", pa.list_(TIMELINE)),     # a clip's sampled frames
     ("weights_kind", pa.string()),        # real | random | mixed (the detectors' weights that answered)
     ("fusion_id", pa.string()),
     ("scanned_at", pa.timestamp("us", tz="UTC")),
@@ -47,7 +54,8 @@ SCHEMA = pa.schema([
 COLUMNS = SCHEMA.names
 
 # Failures a rerun retries (the input may be fine; the server or the store was not): the rest are final.
-RETRYABLE = frozenset({"server_unreachable", "model_not_ready", "object_store_error", "timeout", "server_error"})
+RETRYABLE = frozenset({"server_unreachable", "model_not_ready", "object_store_error", "timeout", "server_error",
+                       "scan_error"})
 
 
 def now() -> dt.datetime:
@@ -67,8 +75,13 @@ def weights_kind(weights: dict[str, str]) -> str | None:
 
 def answer(result) -> dict[str, Any]:
     """The scored columns of a genguard.client Result (success or the server's failure)."""
-    image, nsfw, provenance = result.image, result.nsfw, result.provenance or {}
+    image, nsfw, provenance, video = result.image, result.nsfw, result.provenance or {}, result.video or {}
+    if not image and video:  # a clip's size is in its video block
+        image = ImageInfo(video.get("width"), video.get("height"), video.get("container"))
     return {
+        "kind": result.kind,
+        "video_duration_s": video.get("duration_s"), "video_frames_sampled": video.get("frames_sampled"),
+        "timeline": [{k: frame.get(k) for k in TIMELINE.names} for frame in result.timeline] if result.timeline else None,
         "status": result.status,
         "failure_reason": result.error.reason if result.error else None,
         "failure_message": result.error.message if result.error else None,

@@ -103,12 +103,12 @@ class Scorer:
         data = {r["sha256"]: r["data"] for r in rows if r["data"] is not None}
         answers = {sha: claims[sha] for sha in shas if isinstance(claims[sha], dict)}
         answers.update(self._score(mine, data))
-        if self.dedupe:
+        if self.dedupe and mine:
             self._call("publish", {sha: None if answers[sha].get("failure_reason") in schema.RETRYABLE
                                    else answers[sha] for sha in mine})
         pending = [sha for sha in shas if sha not in answers]
         deadline = time.monotonic() + self.wait_s
-        while pending and time.monotonic() < deadline:
+        while pending and self.dedupe and time.monotonic() < deadline:
             found = {sha: a for sha, a in self._call("lookup", pending).items() if a}
             answers.update(found)
             pending = [sha for sha in pending if sha not in found]
@@ -125,9 +125,15 @@ class Scorer:
         return schema.table(out)
 
     def _call(self, method: str, *args):
+        """A Dedupe call; if that actor is gone (Ray's memory monitor kills workers on a full node) the scan goes on
+        without it: duplicates are then scored again, rows are never lost."""
         import ray
 
-        return ray.get(getattr(self.dedupe, method).remote(*args))
+        try:
+            return ray.get(getattr(self.dedupe, method).remote(*args), timeout=60)
+        except Exception:
+            self.dedupe = None
+            return {sha: "yours" for sha in args[0]} if method == "claim" else {}
 
     def _score(self, shas: list[str], data: dict[str, bytes]) -> dict[str, dict]:
         """sha -> scored columns, one request per batch_size images; a server that stays away fails them alone."""
@@ -146,4 +152,7 @@ class Scorer:
         except ModelNotReady as exc:
             return {sha: {"status": FAILURE, "failure_reason": "model_not_ready", "failure_message": str(exc)}
                     for sha in shas}
+        except Exception as exc:  # anything else fails these images alone (a rerun retries them), never the scan
+            return {sha: {"status": FAILURE, "failure_reason": "scan_error",
+                          "failure_message": f"{type(exc).__name__}: {exc}"} for sha in shas}
         return {r.name: schema.answer(r) for r in results}

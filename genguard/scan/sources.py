@@ -20,8 +20,9 @@ from typing import Any, Iterable, Iterator
 FILE, OBJECT, TAR = "file", "object", "tar"
 LIST_SUFFIXES = (".parquet", ".csv", ".jsonl")
 LIST_COLUMNS = ("uri", "url", "path")  # a list's column of inputs: the first of these it has (else its first)
-# WebDataset members scanned as images (the others - .json, .cls, .txt - are a sample's labels, not inputs)
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif"})
+# WebDataset members scanned (images and clips; the others - .json, .cls, .txt - are a sample's labels, not inputs)
+MEDIA_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif",
+                              "mp4", "m4v", "mov", "webm", "mkv", "avi", "ts"})
 READ_RETRIES = 3  # object-store reads: retries with backoff before the row fails with object_store_error
 _WDS_KEY = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")  # webdataset's base_plus_ext: key = path up to the first dot
 
@@ -171,7 +172,7 @@ def wds_key(member: str) -> tuple[str, str]:
 
 
 def _tar_members(shard: str, stream) -> Iterator[dict[str, Any]]:
-    """The image members of a shard, streamed; a member that can't be read completely is a broken_tar_member row
+    """The image and video members of a shard, streamed; a member that can't be read completely is a broken_tar_member row
     (and ends the shard: what follows a broken header is unknown)."""
     with tarfile.open(fileobj=stream, mode="r|*") as tar:
         while True:
@@ -183,7 +184,7 @@ def _tar_members(shard: str, stream) -> Iterator[dict[str, Any]]:
             if member is None:
                 return
             key, ext = wds_key(member.name)
-            if not member.isfile() or ext.rsplit(".", 1)[-1] not in IMAGE_EXTENSIONS or key.rsplit("/", 1)[-1].startswith("."):
+            if not member.isfile() or ext.rsplit(".", 1)[-1] not in MEDIA_EXTENSIONS or key.rsplit("/", 1)[-1].startswith("."):
                 continue
             row = {"uri": f"{shard}#{member.name}", "shard": shard, "key": key}
             try:
