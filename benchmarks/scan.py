@@ -26,6 +26,8 @@ from pathlib import Path
 
 from . import machine
 
+TIMEOUT = 600.0  # per request: a loaded shared machine answers late, and a timed-out image would skew the rates
+
 
 def _images(folder: Path, count: int) -> None:
     import numpy as np
@@ -48,20 +50,22 @@ def throughput(url: str, folder: Path, count: int, concurrency: int, batch_size:
     clock = time.monotonic()
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="warning")
     ray_start = time.monotonic() - clock
-    detect, scanned = [], []
+    detect, scanned, failed = [], [], {"detect": 0, "scan": 0}
     try:
         for _ in range(rounds):
-            with Client(url, concurrency=concurrency, batch_size=batch_size) as client:
+            with Client(url, concurrency=concurrency, batch_size=batch_size, timeout=TIMEOUT) as client:
                 start = time.monotonic()
                 results = client.detect(folder)
                 detect.append(count / (time.monotonic() - start))
-            assert len(results) == count and all(r.ok for r in results)
+            assert len(results) == count
+            failed["detect"] += sum(not r.ok for r in results)
             out = Path(tempfile.mkdtemp(prefix="genguard-scan-bench-"))
             start = time.monotonic()
             summary = scan([str(folder)], out, Options(url=url, concurrency=concurrency, batch_size=batch_size,
-                                                       progress=False))
+                                                       timeout=TIMEOUT, progress=False))
             scanned.append(count / (time.monotonic() - start))
-            assert summary["rows"] == count and summary["by_status"] == {"SUCCESS": count}, summary
+            assert summary["rows"] == count, summary
+            failed["scan"] += count - summary["by_status"].get("SUCCESS", 0)
             shutil.rmtree(out)
     finally:
         ray.shutdown()
@@ -69,7 +73,7 @@ def throughput(url: str, folder: Path, count: int, concurrency: int, batch_size:
     return {"images": count, "concurrency": concurrency, "batch_size": batch_size, "rounds": rounds,
             "ray_start_s": round(ray_start, 1), "detect_images_per_s": [round(x, 2) for x in detect],
             "scan_images_per_s": [round(x, 2) for x in scanned],
-            "scan_vs_detect": round(best(scanned) / best(detect), 3)}
+            "scan_vs_detect": round(best(scanned) / best(detect), 3), "failed_images": failed}
 
 
 _LISTER = """
