@@ -17,6 +17,7 @@ PHOTOS = samples.photos()
 A, B = PHOTOS["rocket.jpg"], PHOTOS["coffee.png"]
 
 
+@pytest.mark.slow  # ~16 s: its own gateway and a browser session on top of the clip's inference
 def test_a_clip_is_a_row_with_a_poster_and_a_timeline_strip(triton, browser, tmp_path):  # noqa: F811
     gw = start_gateway(triton.grpc_url, tmp_path, "--deadline-s", "180")
     try:

@@ -90,6 +90,20 @@ def test_the_bounded_child_sends_what_decode_samples_and_fails_within_its_limits
     assert caught.value.reason == "decode_memory", str(caught.value)
 
 
+def test_the_decode_time_limit_does_not_count_the_time_frames_spend_with_the_detectors(monkeypatch):
+    """The watchdog kills the child after decode_timeout_s of its own time: a caller that holds each frame longer
+    (the ensemble answering a batch) does not make a fast decode time out."""
+    import time
+
+    from genguard.triton_models import video_decode
+
+    monkeypatch.setattr(video_decode, "GRACE_S", 0.0)
+    clip, frames = video_decode.open_bounded(vf.clip([A, B, A]), video.VideoLimits(decode_timeout_s=3.0))
+    for _ in frames:
+        time.sleep(1.5)  # 4.5 s held in all, over the 3 s limit
+    assert clip.frames_decoded == 12
+
+
 def test_limits_refuse_before_or_while_decoding():
     data = vf.clip([A, B] * 3, fps=4)
     cases = [(video.VideoLimits(max_bytes=1000), "too_large"), (video.VideoLimits(max_pixels=100 * 100), "too_many_pixels"),

@@ -2,8 +2,9 @@
 
 open_bounded() starts `python -m genguard.triton_models.video_decode`, which caps its own address space
 (RLIMIT_AS, VideoLimits.max_memory_mb) and CPU time before it reads the clip, then streams the clip's facts and
-each sampled frame as PNG (genguard.video.png: lossless) back over its stdout. The parent kills it at the
-wall-time limit (decode_timeout_s + a grace for start-up). A decoder that loops inside one packet, balloons
+each sampled frame as PNG (genguard.video.png: lossless) back over its stdout. The parent kills it when it has
+had decode_timeout_s (+ a grace for start-up) to decode: wall time less the time the parent held its frames
+(sending them to the detectors), during which the child waits on the full pipe. A decoder that loops inside one packet, balloons
 or crashes therefore fails its clip (decode_timeout, decode_memory, decoder_crashed) and never the model, the
 stub, or another clip. The in-process checks of genguard.video still run in the child and name the reason
 first where they can.
@@ -22,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 from genguard import video
@@ -45,18 +47,25 @@ def _child() -> int:
     sampling = video.Sampling(**header["sampling"])
     cap = limits.max_memory_mb << 20
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    cpu = int(limits.decode_timeout_s) + int(GRACE_S)
+    cpu = int((limits.decode_timeout_s + GRACE_S) * max(1, len(os.sched_getaffinity(0))))  # decoder threads add up
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     out = sys.stdout.buffer
     try:
         data = sys.stdin.buffer.read()
-        clip, frames = video.open_clip(data, limits, sampling)
+        # the time limit counts decoding and sampling, not the time spent waiting for the parent to take frames
+        # (it sends each batch to the detectors first): timed here, and by the parent's watchdog
+        clip, frames = video.open_clip(data, dataclasses.replace(limits, decode_timeout_s=float("inf")), sampling)
         del data
         _send(out, {"clip": {k: getattr(clip, k) for k in ("container", "codec", "width", "height", "duration_s",
                                                            "fps", "tags")}})
+        busy, started = 0.0, time.monotonic()
         for frame in frames:
             png = video.png(frame.image)
+            busy += time.monotonic() - started
+            if busy > limits.decode_timeout_s:
+                raise video.VideoRejected("decode_timeout", f"decoding took longer than {limits.decode_timeout_s:g} s")
             _send(out, {"t": frame.t, "keyframe": frame.keyframe, "size": len(png)}, png)
+            started = time.monotonic()
         _send(out, {"end": {"frames_decoded": clip.frames_decoded, "duration_s": clip.duration_s, "fps": clip.fps}})
     except video.VideoRejected as exc:
         _send(out, {"error": {"reason": exc.reason, "message": str(exc)}})
@@ -73,17 +82,32 @@ class _Child:
         self.proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=env)
         self.killed_at_deadline = False
-        self.timer = threading.Timer(limits.decode_timeout_s + GRACE_S, self._deadline)
-        self.timer.daemon = True
-        self.timer.start()
+        self.started, self.paused, self.pause_start = time.monotonic(), 0.0, None
+        self.done = threading.Event()
+        threading.Thread(target=self._watchdog, daemon=True).start()
         self.stderr = b""
         header = json.dumps({"limits": dataclasses.asdict(limits), "sampling": dataclasses.asdict(sampling)}).encode()
         threading.Thread(target=self._feed, args=(header + b"\n", data), daemon=True).start()
         threading.Thread(target=self._drain, daemon=True).start()
 
-    def _deadline(self) -> None:
-        self.killed_at_deadline = True
-        self.proc.kill()
+    def active_s(self) -> float:
+        """Seconds the child has had to decode: wall time less the time the caller held its frames."""
+        now = time.monotonic()
+        return now - self.started - self.paused - (now - self.pause_start if self.pause_start is not None else 0.0)
+
+    def pause(self) -> None:
+        self.pause_start = time.monotonic()
+
+    def resume(self) -> None:
+        self.paused += time.monotonic() - self.pause_start
+        self.pause_start = None
+
+    def _watchdog(self) -> None:
+        while not self.done.wait(0.25):
+            if self.active_s() > self.limits.decode_timeout_s + GRACE_S:
+                self.killed_at_deadline = True
+                self.proc.kill()
+                return
 
     def _feed(self, header: bytes, data: bytes) -> None:
         try:
@@ -121,7 +145,7 @@ class _Child:
         return video.VideoRejected("decoder_crashed", f"the decoder stopped (exit status {code}): {last[0][:200]}")
 
     def close(self) -> None:
-        self.timer.cancel()
+        self.done.set()
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
@@ -155,7 +179,11 @@ def open_bounded(data: bytes, limits: video.VideoLimits = video.VideoLimits(),
                     clip.duration_s = message["end"]["duration_s"]
                     clip.fps = message["end"]["fps"]
                     return
-                yield video.Frame(message["t"], None, message["keyframe"]), png
+                child.pause()  # the caller's time with the frame (the detectors) is not decoding time
+                try:
+                    yield video.Frame(message["t"], None, message["keyframe"]), png
+                finally:
+                    child.resume()
         finally:
             child.close()
 
