@@ -145,7 +145,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"A {clip['seconds']} s {clip['size'][0]}x{clip['size'][1]} H.264 clip at {clip['fps']} fps "
         f"({clip['bytes']} bytes), made from the sample photos; {meta['weights']} weights.", "",
         report.markdown_table(rows, columns), "",
-        machine.describe_markdown(meta["machine"]), ""])
+        *[f"- {row['rate']:g} sampled fps did not finish: {row['error']}" for row in rows if row.get("error")],
+        "", machine.describe_markdown(meta["machine"]), ""])
 
 
 if __name__ == "__main__":
