@@ -229,11 +229,15 @@ def markdown(table: list[dict], info: dict, note: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _start_gateway(grpc_url: str, port: int) -> subprocess.Popen:
+def start_gateway(grpc_url: str, port: int, *args: str, log: Path | None = None) -> subprocess.Popen:
+    """`genguard gateway` on 127.0.0.1:`port` in front of Triton at `grpc_url`, with extra flags `args`; returns
+    once it answers /v1/health/ready (RuntimeError with its log, or exit code, if it does not within 60 s)."""
     import urllib.request
 
-    process = subprocess.Popen([sys.executable, "-m", "genguard.gateway", "--triton-url", grpc_url, "--port",
-                                str(port), "--log-level", "warning", "--cache", "off"],  # overhead, not repeats
+    command = [sys.executable, "-m", "genguard.gateway", "--triton-url", grpc_url, "--port", str(port),
+               "--log-level", "warning", *args]
+    output = open(log, "wb") if log else None
+    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT if log else None,
                                start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -242,7 +246,7 @@ def _start_gateway(grpc_url: str, port: int) -> subprocess.Popen:
                 return process
         except OSError:
             if process.poll() is not None:
-                raise RuntimeError(f"the gateway exited with code {process.returncode}")
+                raise RuntimeError(log.read_text() if log else f"the gateway exited with code {process.returncode}")
             time.sleep(0.3)
     process.terminate()
     raise RuntimeError("the gateway was not ready within 60 s")
@@ -279,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         from genguard.server import free_ports
 
         (port,) = free_ports(1)
-        process = _start_gateway(args.grpc_url, port)
+        process = start_gateway(args.grpc_url, port, "--cache", "off")  # overhead, not repeats
         gateway_url = f"http://127.0.0.1:{port}"
     cpu: dict = {}
     triton_pid = find_triton(int(args.grpc_url.rsplit(":", 1)[1]))

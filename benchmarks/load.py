@@ -38,6 +38,7 @@ import numpy as np
 
 from genguard import server
 
+from . import gateway as gateway_benchmark
 from .report import markdown_table, percentile_ms
 
 SHARED = ("This machine's CPUs were shared with other work while it ran (four engineers' builds and tests on "
@@ -170,22 +171,9 @@ def restart(run: Run, repository: Path, home: Path, ports: server.Ports, log: Pa
 
 
 def start_gateway(grpc: str, port: int, args, log: Path) -> subprocess.Popen:
-    import urllib.request
-
-    command = [sys.executable, "-m", "genguard.gateway", "--triton-url", grpc, "--port", str(port),
-               "--deadline-s", str(args.deadline_s), "--log-level", "warning", "--cache", args.cache,
-               "--max-concurrency", str(args.gateway_concurrency), "--max-queue", str(args.gateway_queue)]
-    process = subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health/ready", timeout=2):
-                return process
-        except OSError:
-            if process.poll() is not None:
-                raise RuntimeError(log.read_text())
-            time.sleep(0.3)
-    raise RuntimeError("the gateway did not become ready")
+    return gateway_benchmark.start_gateway(
+        grpc, port, "--deadline-s", str(args.deadline_s), "--cache", args.cache, "--max-concurrency",
+        str(args.gateway_concurrency), "--max-queue", str(args.gateway_queue), log=log)
 
 
 def summarize(records: list[dict], seconds: float) -> dict:
