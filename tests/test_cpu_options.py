@@ -238,9 +238,19 @@ def _fake_pb_utils():
     class TritonModelException(Exception):
         pass
 
+    class MetricFamily:  # the detector's failure counter (genguard.triton_models.metrics); nothing is counted here
+        COUNTER, GAUGE, HISTOGRAM = "COUNTER", "GAUGE", "HISTOGRAM"
+
+        def __init__(self, name, description, kind):
+            pass
+
+        def Metric(self, labels=None, buckets=None):
+            return types.SimpleNamespace(increment=lambda n: None)
+
     module = types.ModuleType("triton_python_backend_utils")
     module.TritonModelException = TritonModelException
     module.Logger = types.SimpleNamespace(log_warn=lambda message: None)
+    module.MetricFamily = MetricFamily
     return module
 
 

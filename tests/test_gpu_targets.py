@@ -55,7 +55,7 @@ def repos(tiny_build, tmp_path_factory):
 def test_every_model_is_there_with_a_parsable_config(repos, target):
     repo = repos[target]
     names = {p.name for p in repo.iterdir() if p.is_dir()}
-    assert names == {"validate", "preprocess", "postprocess", "genguard", *specs.DETECTORS}
+    assert names == {"validate", "preprocess", "postprocess", "genguard", "genguard_video", *specs.DETECTORS}
     for name in names:
         assert read_config(repo / name).name == name
         assert (repo / name / "1").is_dir()

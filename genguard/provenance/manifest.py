@@ -44,9 +44,9 @@ class ManifestReader:
         """The `c2pa` block of the answer for an image that embeds a manifest store."""
         return self.read_mime(data, MIME[container])
 
-    def read_mime(self, data: bytes, mime: str) -> dict:
-        """The `c2pa` block for a file of type `mime` (images, and MP4/MOV clips): {"present": False} when it
-        embeds no manifest store."""
+    def read_mime(self, data: bytes, mime: str, absent_ok: bool = False) -> dict:
+        """The `c2pa` block for a file of type `mime` (images, and MP4/MOV clips). absent_ok: the caller did not
+        find a manifest store first (clips), so "none found" is {"present": False}, not an error."""
         import c2pa
 
         try:
@@ -55,7 +55,7 @@ class ManifestReader:
                 state = reader.get_validation_state()
         except c2pa.C2paError as exc:
             kind = type(exc).__name__.lstrip("_").removeprefix("C2pa")
-            if kind == "ManifestNotFound":
+            if absent_ok and kind == "ManifestNotFound":
                 return {"present": False}
             return {"present": True, "state": "error", "failures": [kind], "message": str(exc)[:300]}
         return summarize(store, state)

@@ -72,7 +72,7 @@ class TritonPythonModel:
         clip.frames = kept
         provenance = None
         if self.read_provenance:
-            c2pa = self.reader.read_mime(data, MIME[clip.container]) if clip.container in MIME else None
+            c2pa = self.reader.read_mime(data, MIME[clip.container], absent_ok=True) if clip.container in MIME else None
             provenance = clips.provenance(clip, c2pa)
         return clips.answer(0, clip, docs, self.aggregation, provenance)
 
