@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from genguard.client.cli import _positive  # imported lazily by that CLI: no cycle
+
 EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 1, 2, 3, 4
 NEEDS = "genguard scan needs the `scan` extra: pip install 'genguard[scan]'"
 
@@ -21,13 +23,6 @@ def _json_object(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {text}")
     return value
 
 
